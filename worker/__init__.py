@@ -1,0 +1,1 @@
+"""runwarden: a Celery worker service that keeps operation runs truthful."""

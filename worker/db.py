@@ -1,0 +1,155 @@
+"""Engines and sessions, built on demand from settings -- never at import.
+
+Engines are per process: a forked child (a Celery pool process) must not reuse the
+parent's pooled connections, so the cache is keyed by pid and a fork disposes the
+inherited pools with ``close=False`` (closing would break the parent's sockets).
+
+SQLite is the embedded default and is written by the worker, its pool processes and beat
+at once. WAL lets readers run beside a writer; every write path opens its transaction with
+``BEGIN IMMEDIATE`` (:func:`write_session`), because a deferred transaction that reads and
+then writes fails at once with "database is locked" -- whatever the busy timeout -- when
+another process committed in between.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from worker.errors import DatabaseUnavailableError
+from worker.settings import Settings, get_settings
+
+_IMMEDIATE = "runwarden_sqlite_immediate"
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = threading.Lock()
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def build_engine(url: str, settings: Settings | None = None) -> Engine:
+    """A new engine for ``url`` with runwarden's per-backend configuration."""
+    settings = settings or get_settings()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": settings.sqlite_busy_timeout_seconds},
+        )
+        _configure_sqlite(engine, settings.sqlite_busy_timeout_seconds)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = 5
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """This process's engine for ``url`` (default: the configured database)."""
+    url = url or get_settings().resolved_database_url
+    key = (os.getpid(), url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = build_engine(url)
+            _engines[key] = engine
+        return engine
+
+
+def _after_fork_in_child() -> None:
+    # The child inherited the parent's pools; drop them without closing the sockets the
+    # parent still uses, and build fresh engines on first use.
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def is_sqlite(bind: Engine | Connection | Session) -> bool:
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    return engine.dialect.name == "sqlite"
+
+
+def describe_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def unavailable(exc: DBAPIError, url: str | None = None) -> DatabaseUnavailableError:
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    where = describe_url(url) if url else "the database"
+    return DatabaseUnavailableError(f"cannot use {where}: {detail}")
+
+
+@contextmanager
+def read_session(engine: Engine | None = None) -> Iterator[Session]:
+    """A session for reading; rolled back at the end."""
+    engine = engine or get_engine()
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+        finally:
+            session.rollback()
+
+
+@contextmanager
+def write_session(engine: Engine | None = None) -> Iterator[Session]:
+    """One write transaction: committed on success, rolled back on any error.
+
+    On SQLite the transaction starts with ``BEGIN IMMEDIATE``, taking the write lock
+    before the first read, so read-then-write transactions never fail half way.
+    """
+    engine = engine or get_engine()
+    bind = engine.execution_options(**{_IMMEDIATE: True}) if is_sqlite(engine) else engine
+    with Session(bind, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+__all__ = [
+    "DatabaseUnavailableError",
+    "OperationalError",
+    "build_engine",
+    "describe_url",
+    "dispose_engines",
+    "get_engine",
+    "is_sqlite",
+    "read_session",
+    "unavailable",
+    "write_session",
+]

@@ -1,0 +1,44 @@
+"""Run alembic programmatically against the configured database."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.exc import DBAPIError
+
+from migrations import SCRIPT_LOCATION
+from worker.db import build_engine, unavailable
+from worker.settings import get_settings
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> None:
+    url = url or get_settings().resolved_database_url
+    engine = build_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except DBAPIError as exc:
+        raise unavailable(exc, url) from exc
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str | None = None, revision: str = "base") -> None:
+    url = url or get_settings().resolved_database_url
+    engine = build_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
