@@ -1,0 +1,209 @@
+"""The lifecycle policy: which run types are covered and when they count as stale.
+
+Loaded once from TOML (``RUNWARDEN_POLICY_FILE``, else the packaged
+``default_policy.toml``) and validated strictly: a typo in a key or a threshold written as
+a string must stop the service at start-up, not silently leave runs unreconciled.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from worker.errors import PolicyError
+
+_Fail = Callable[[str, str], PolicyError]
+
+#: A pass never touches more runs than this, whatever the policy or the caller asks.
+MAX_BATCH_LIMIT = 500
+DEFAULT_BATCH_LIMIT = 100
+DEFAULT_INTERVAL_SECONDS = 60
+
+_SECTIONS = frozenset({"reconciliation", "types"})
+_RECONCILIATION_KEYS = frozenset({"batch_limit", "interval_seconds"})
+_REQUIRED_TYPE_KEYS = ("queued_stale_after_seconds", "running_stale_after_seconds")
+_OPTIONAL_TYPE_KEYS = ("scheduled_reconciliation", "direct_failed_bridge")
+
+
+@dataclass(frozen=True, slots=True)
+class TypePolicy:
+    """The lifecycle window of one covered run type."""
+
+    name: str
+    queued_stale_after_seconds: int
+    running_stale_after_seconds: int
+    scheduled_reconciliation: bool = True
+    direct_failed_bridge: bool = True
+
+
+@dataclass(frozen=True)
+class LifecyclePolicy:
+    interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+    batch_limit: int = DEFAULT_BATCH_LIMIT
+    types: tuple[TypePolicy, ...] = ()
+    #: Where the policy came from, for messages (``None``: built in code).
+    source: str | None = None
+    _by_name: dict[str, TypePolicy] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {t.name: t for t in self.types})
+
+    def covered_type_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.types)
+
+    def type_policy(self, type_name: str) -> TypePolicy:
+        try:
+            return self._by_name[type_name]
+        except KeyError:
+            raise KeyError(f"run type {type_name!r} is not covered by the policy") from None
+
+    def supports(self, type_name: str) -> bool:
+        return type_name in self._by_name
+
+    def supports_scheduled_reconciliation(self, type_name: str) -> bool:
+        found = self._by_name.get(type_name)
+        return found is not None and found.scheduled_reconciliation
+
+    def queued_stale_after_seconds(self, type_name: str) -> int:
+        return self.type_policy(type_name).queued_stale_after_seconds
+
+    def running_stale_after_seconds(self, type_name: str) -> int:
+        return self.type_policy(type_name).running_stale_after_seconds
+
+    def requires_direct_failed_bridge(self, type_name: str) -> bool:
+        # Uncovered types have no scheduled safety net, so the bridge must handle them.
+        found = self._by_name.get(type_name)
+        return found is None or found.direct_failed_bridge
+
+    def reconciliation_batch_limit(self) -> int:
+        return self.batch_limit
+
+
+def load_policy(path: Path | None = None) -> LifecyclePolicy:
+    """The policy at ``path``; ``None`` means ``RUNWARDEN_POLICY_FILE`` or the default.
+
+    Raises :class:`PolicyError` naming the file and the key for anything invalid.
+    """
+    if path is None:
+        from worker.settings import get_settings
+
+        path = get_settings().policy_file
+    if path is None:
+        text = resources.files("worker.lifecycle").joinpath("default_policy.toml").read_text()
+        return parse_policy(text, source="default_policy.toml")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PolicyError(f"{path}: cannot read the policy file: {reason}") from exc
+    return parse_policy(text, source=str(path))
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
+    """Parse and validate policy TOML ``text``; ``source`` names it in errors."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: invalid TOML: {exc}") from exc
+
+    def fail(key: str, problem: str) -> PolicyError:
+        return PolicyError(f"{source}: {key}: {problem}")
+
+    for key in document:
+        if key not in _SECTIONS:
+            raise fail(_quote(key), "unknown key (expected 'reconciliation' or 'types')")
+
+    reconciliation = _table(document, "reconciliation", "reconciliation", fail)
+    for key in reconciliation:
+        if key not in _RECONCILIATION_KEYS:
+            raise fail(f"reconciliation.{_quote(key)}", "unknown key")
+    batch_limit = _positive_int(
+        reconciliation, "batch_limit", "reconciliation.batch_limit", fail, DEFAULT_BATCH_LIMIT
+    )
+    if batch_limit > MAX_BATCH_LIMIT:
+        raise fail("reconciliation.batch_limit", f"must be between 1 and {MAX_BATCH_LIMIT}")
+    interval_seconds = _positive_int(
+        reconciliation,
+        "interval_seconds",
+        "reconciliation.interval_seconds",
+        fail,
+        DEFAULT_INTERVAL_SECONDS,
+    )
+
+    types_table = _table(document, "types", "types", fail)
+    type_policies: list[TypePolicy] = []
+    for name, entry in types_table.items():
+        where = f"types.{_quote(name)}"
+        if not name.strip():
+            raise fail(where, "a run type name must not be blank")
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table")
+        for key in entry:
+            if key not in _REQUIRED_TYPE_KEYS and key not in _OPTIONAL_TYPE_KEYS:
+                raise fail(f"{where}.{_quote(key)}", "unknown key")
+        # Evaluated in the order of the keys, so the first error reported is stable.
+        queued = _positive_int(
+            entry, _REQUIRED_TYPE_KEYS[0], f"{where}.{_REQUIRED_TYPE_KEYS[0]}", fail, None
+        )
+        running = _positive_int(
+            entry, _REQUIRED_TYPE_KEYS[1], f"{where}.{_REQUIRED_TYPE_KEYS[1]}", fail, None
+        )
+        scheduled = _boolean(
+            entry, _OPTIONAL_TYPE_KEYS[0], f"{where}.{_OPTIONAL_TYPE_KEYS[0]}", fail
+        )
+        bridge = _boolean(entry, _OPTIONAL_TYPE_KEYS[1], f"{where}.{_OPTIONAL_TYPE_KEYS[1]}", fail)
+        type_policies.append(
+            TypePolicy(
+                name=name,
+                queued_stale_after_seconds=queued,
+                running_stale_after_seconds=running,
+                scheduled_reconciliation=scheduled,
+                direct_failed_bridge=bridge,
+            )
+        )
+
+    return LifecyclePolicy(
+        interval_seconds=interval_seconds,
+        batch_limit=batch_limit,
+        types=tuple(type_policies),
+        source=source,
+    )
+
+
+def _quote(key: str) -> str:
+    # TOML's own spelling of a key: bare when it can be, quoted otherwise ("inventory.sync").
+    bare = key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
+    return key if bare else json.dumps(key)
+
+
+def _table(document: dict[str, Any], key: str, where: str, fail: _Fail) -> dict[str, Any]:
+    value = document.get(key, {})
+    if not isinstance(value, dict):
+        raise fail(where, "must be a table")
+    return value
+
+
+def _positive_int(
+    table: dict[str, Any], key: str, where: str, fail: _Fail, default: int | None
+) -> int:
+    if key not in table:
+        if default is None:
+            raise fail(where, "missing (a positive integer number of seconds is required)")
+        return default
+    value = table[key]
+    # bool is a subclass of int in Python: `true` must not pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail(where, f"must be a positive integer (got {value!r})")
+    return value
+
+
+def _boolean(table: dict[str, Any], key: str, where: str, fail: _Fail) -> bool:
+    value = table.get(key, True)
+    if not isinstance(value, bool):
+        raise fail(where, f"must be true or false (got {value!r})")
+    return value
