@@ -119,13 +119,11 @@ def unavailable(exc: DBAPIError, url: str | None = None) -> DatabaseUnavailableE
 
 @contextmanager
 def read_session(engine: Engine | None = None) -> Iterator[Session]:
-    """A session for reading; rolled back at the end."""
+    """A session for reading. Closing it ends the transaction and detaches what was loaded,
+    which stays readable."""
     engine = engine or get_engine()
     with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-        finally:
-            session.rollback()
+        yield session
 
 
 @contextmanager

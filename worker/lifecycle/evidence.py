@@ -1,0 +1,48 @@
+"""Making outside text safe to store as evidence: credentials scrubbed, length bounded."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+DEFAULT_MESSAGE_LIMIT = 1000
+
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"
+)
+_SECRET_PAIRS = re.compile(
+    r"(?P<key>[\"']?\b(?:password|passwd|pwd|token|access_token|refresh_token|secret|"
+    r"client_secret|api[_-]?key|authorization)\b[\"']?\s*[=:]\s*)"
+    r"(?P<quote>[\"']?)(?P<value>(?:Bearer\s+)?[^\s\"'&,;}]+)",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def scrub(text: str) -> str:
+    """Hide URL passwords and ``password=``/``token=``-style values."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    return _SECRET_PAIRS.sub(lambda m: f"{m['key']}{m['quote']}{REDACTED}", text)
+
+
+def scrub_and_truncate(text: str, limit: int = DEFAULT_MESSAGE_LIMIT) -> str:
+    # Scrub first: a URL cut in the middle of its password no longer matches the pattern.
+    text = scrub(text)
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 1, 0)] + "\u2026"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"evidence value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for evidence and payloads; datetimes as ISO-8601."""
+    return json.dumps(value, default=_json_default, separators=(",", ":"), sort_keys=False)

@@ -1,0 +1,390 @@
+"""The one place that writes a run's lifecycle.
+
+Every write is a conditional UPDATE on the status the caller expects (compare-and-set)
+and reports whether it won. Terminal writes -- the reconciler's, the bridge's, the gate's,
+dispatch's and a task's own completion -- all go through :func:`apply_terminal_transitions`:
+one UPDATE ... RETURNING for the whole batch, then one bulk audit INSERT for the winners,
+in the caller's transaction. A completed run never matches the WHERE clause again, so two
+reconcilers, or a reconciler racing a finishing task, can never produce two terminal
+transitions or overwrite a legitimate completion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, and_, bindparam, func, insert, or_, text, update
+from sqlalchemy.orm import Session
+
+from models import NON_TERMINAL_SQL, AuditLog, OperationRun, RunOutcome, RunStatus, UtcDateTime
+from worker.lifecycle.evidence import dumps, scrub_and_truncate
+from worker.lifecycle.reasons import ReasonCode, default_message
+
+__all__ = [
+    "TerminalTransition",
+    "apply_terminal_transitions",
+    "block",
+    "cancel",
+    "complete",
+    "force_fail_non_terminal_run",
+    "forced_failure",
+    "heartbeat",
+    "mark_running",
+    "record_retry",
+    "scrub_and_truncate",
+]
+
+_LEGITIMATE_OUTCOMES = frozenset(
+    {RunOutcome.SUCCEEDED, RunOutcome.PARTIALLY_SUCCEEDED, RunOutcome.FAILED}
+)
+
+
+@dataclass(frozen=True)
+class TerminalTransition:
+    """One run's move to ``completed``: what it ends as, why, and what is recorded."""
+
+    run_id: int
+    outcome: RunOutcome
+    source: str
+    reason_code: str | None = None
+    reason_message: str | None = None
+    evidence: Mapping[str, Any] | None = None
+    #: context key the record is written under ("reconciliation", "bridge", ...); None: none.
+    record_key: str | None = None
+    #: audit action for a forced transition; None for a task's own completion.
+    audit_action: str | None = None
+    #: the status the caller saw; None accepts any non-terminal status.
+    expected_status: RunStatus | None = None
+    summary_counts: Mapping[str, Any] | None = None
+
+    def record(self, now: datetime) -> dict[str, Any]:
+        stamp = "reconciled_at" if self.record_key == "reconciliation" else "recorded_at"
+        return {
+            "reason_code": self.reason_code,
+            "reason_message": self.reason_message,
+            "source": self.source,
+            "evidence": dict(self.evidence or {}),
+            stamp: now.isoformat(),
+        }
+
+    def payload(self, now: datetime) -> dict[str, Any]:
+        # Keys left out become SQL NULL in the recordset, meaning "leave that column alone".
+        row: dict[str, Any] = {"id": self.run_id, "outcome": self.outcome.value}
+        if self.expected_status is not None:
+            row["expected_status"] = self.expected_status.value
+        if self.record_key is not None:
+            row["record_key"] = self.record_key
+            row["record"] = self.record(now)
+        if self.reason_code is not None:
+            row["failure"] = {"reason_code": self.reason_code, "message": self.reason_message}
+        if self.summary_counts is not None:
+            row["summary_counts"] = dict(self.summary_counts)
+        return row
+
+
+def forced_failure(
+    run_id: int,
+    *,
+    reason_code: str,
+    message: str | None = None,
+    source: str,
+    evidence: Mapping[str, Any] | None = None,
+    expected_status: RunStatus | None = None,
+    record_key: str = "reconciliation",
+) -> TerminalTransition:
+    """A forced terminal transition with its reason's outcome and audit action."""
+    try:
+        reason = ReasonCode(reason_code)
+        outcome, action = reason.outcome, reason.audit_action
+    except ValueError:
+        outcome, action = RunOutcome.FAILED, "operation_run.force_failed"
+    return TerminalTransition(
+        run_id=run_id,
+        outcome=outcome,
+        source=source,
+        reason_code=reason_code,
+        reason_message=message or default_message(reason_code),
+        evidence=evidence or {},
+        record_key=record_key,
+        audit_action=action,
+        expected_status=expected_status,
+    )
+
+
+_PG_TERMINAL_UPDATE = text(f"""
+UPDATE operation_runs AS r SET
+    status = 'completed',
+    outcome = v.outcome,
+    completed_at = :now,
+    updated_at = :now,
+    context = CASE WHEN v.record_key IS NULL THEN r.context
+                   ELSE jsonb_set(r.context, ARRAY[v.record_key], v.record) END,
+    failure_summary = CASE WHEN v.failure IS NULL THEN r.failure_summary
+                           ELSE r.failure_summary || jsonb_build_array(v.failure) END,
+    summary_counts = COALESCE(v.summary_counts, r.summary_counts)
+FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+    id bigint, outcome text, expected_status text, record_key text,
+    record jsonb, failure jsonb, summary_counts jsonb)
+WHERE r.id = v.id
+  AND r.{NON_TERMINAL_SQL}
+  AND (v.expected_status IS NULL OR r.status = v.expected_status)
+RETURNING r.id, r.workspace_id, r.tenant_id
+""").bindparams(bindparam("now", type_=UtcDateTime()), bindparam("payload", type_=String()))
+
+_SQLITE_TERMINAL_UPDATE = text(f"""
+UPDATE operation_runs SET
+    status = 'completed',
+    outcome = v.outcome,
+    completed_at = :now,
+    updated_at = :now,
+    context = CASE WHEN v.record_key IS NULL THEN operation_runs.context
+                   ELSE json_set(operation_runs.context, '$.' || v.record_key, json(v.record))
+              END,
+    failure_summary = CASE WHEN v.failure IS NULL THEN operation_runs.failure_summary
+                           ELSE json_insert(operation_runs.failure_summary, '$[#]', json(v.failure))
+                      END,
+    summary_counts = COALESCE(v.summary_counts, operation_runs.summary_counts)
+FROM (
+    SELECT json_extract(value, '$.id') AS id,
+           json_extract(value, '$.outcome') AS outcome,
+           json_extract(value, '$.expected_status') AS expected_status,
+           json_extract(value, '$.record_key') AS record_key,
+           json_extract(value, '$.record') AS record,
+           json_extract(value, '$.failure') AS failure,
+           json_extract(value, '$.summary_counts') AS summary_counts
+    FROM json_each(:payload)
+) AS v
+WHERE operation_runs.id = v.id
+  AND operation_runs.{NON_TERMINAL_SQL}
+  AND (v.expected_status IS NULL OR operation_runs.status = v.expected_status)
+RETURNING operation_runs.id, operation_runs.workspace_id, operation_runs.tenant_id
+""").bindparams(bindparam("now", type_=UtcDateTime()), bindparam("payload", type_=String()))
+
+
+def apply_terminal_transitions(
+    session: Session, transitions: Sequence[TerminalTransition], *, now: datetime
+) -> list[int]:
+    """Apply the transitions that still hold; return the run ids that won, in input order.
+
+    Compare-and-set: a run that is already completed (or not in ``expected_status``) is
+    left untouched and is absent from the result. Audit rows are written only for the
+    winners, so one forced transition yields exactly one audit row.
+    """
+    by_id: dict[int, TerminalTransition] = {}
+    for transition in transitions:
+        by_id.setdefault(transition.run_id, transition)  # first claim on a run wins
+    if not by_id:
+        return []
+    statement = (
+        _SQLITE_TERMINAL_UPDATE
+        if session.get_bind().dialect.name == "sqlite"
+        else _PG_TERMINAL_UPDATE
+    )
+    payload = dumps([t.payload(now) for t in by_id.values()])
+    won = {
+        int(row.id): (row.workspace_id, row.tenant_id)
+        for row in session.execute(statement, {"now": now, "payload": payload})
+    }
+    audit_rows = [
+        _audit_row(transition, won[run_id], now)
+        for run_id, transition in by_id.items()
+        if run_id in won and transition.audit_action is not None
+    ]
+    if audit_rows:
+        session.execute(insert(AuditLog), audit_rows)
+    return [run_id for run_id in by_id if run_id in won]
+
+
+def _audit_row(
+    transition: TerminalTransition, owner: tuple[int, int | None], now: datetime
+) -> dict[str, Any]:
+    workspace_id, tenant_id = owner
+    return {
+        "workspace_id": workspace_id,
+        "tenant_id": tenant_id,
+        "actor_type": "system",
+        "actor_id": transition.source,
+        "action": transition.audit_action,
+        "resource_type": "operation_run",
+        "resource_id": str(transition.run_id),
+        "metadata_": {
+            "reason_code": transition.reason_code,
+            "reason_message": transition.reason_message,
+            "source": transition.source,
+            "outcome": transition.outcome.value,
+            "evidence": dict(transition.evidence or {}),
+        },
+        "recorded_at": now,
+    }
+
+
+def force_fail_non_terminal_run(
+    session: Session,
+    run_id: int,
+    *,
+    reason_code: str,
+    message: str | None = None,
+    source: str,
+    evidence: Mapping[str, Any] | None = None,
+    now: datetime,
+    record_key: str = "reconciliation",
+    expected_status: RunStatus | None = None,
+) -> bool:
+    """End a non-terminal run with ``reason_code``'s outcome, a record and an audit row."""
+    transition = forced_failure(
+        run_id,
+        reason_code=reason_code,
+        message=message,
+        source=source,
+        evidence=evidence,
+        expected_status=expected_status,
+        record_key=record_key,
+    )
+    return bool(apply_terminal_transitions(session, [transition], now=now))
+
+
+def block(
+    session: Session,
+    run_id: int,
+    *,
+    reason_code: str,
+    message: str | None = None,
+    source: str,
+    evidence: Mapping[str, Any] | None = None,
+    now: datetime,
+) -> bool:
+    """The legitimacy gate refused the run: it completes as ``blocked``."""
+    if not reason_code.startswith("execution."):
+        raise ValueError(f"a blocking reason is an execution.* code, not {reason_code!r}")
+    return force_fail_non_terminal_run(
+        session,
+        run_id,
+        reason_code=reason_code,
+        message=message,
+        source=source,
+        evidence=evidence,
+        now=now,
+        record_key="legitimacy",
+    )
+
+
+def cancel(
+    session: Session,
+    run_id: int,
+    *,
+    reason_code: str = ReasonCode.CANCELLED,
+    message: str | None = None,
+    source: str,
+    evidence: Mapping[str, Any] | None = None,
+    now: datetime,
+) -> bool:
+    """The task was revoked with terminate: the run completes as ``cancelled``."""
+    transition = forced_failure(
+        run_id,
+        reason_code=reason_code,
+        message=message,
+        source=source,
+        evidence=evidence,
+        record_key="bridge",
+    )
+    if transition.outcome is not RunOutcome.CANCELLED:
+        raise ValueError(f"{reason_code!r} is not a cancelling reason")
+    return bool(apply_terminal_transitions(session, [transition], now=now))
+
+
+def complete(
+    session: Session,
+    run_id: int,
+    *,
+    outcome: RunOutcome | str,
+    summary_counts: Mapping[str, Any] | None = None,
+    now: datetime,
+) -> bool:
+    """The task's own end: only a ``running`` run completes this way; no audit row."""
+    outcome = RunOutcome(outcome)
+    if outcome not in _LEGITIMATE_OUTCOMES:
+        raise ValueError(
+            f"a task completes as succeeded, partially_succeeded or failed, not {outcome}"
+        )
+    transition = TerminalTransition(
+        run_id=run_id,
+        outcome=outcome,
+        source="task",
+        expected_status=RunStatus.RUNNING,
+        summary_counts=summary_counts,
+    )
+    return bool(apply_terminal_transitions(session, [transition], now=now))
+
+
+def mark_running(session: Session, run_id: int, *, retries: int, now: datetime) -> bool:
+    """Start execution attempt ``retries + 1``.
+
+    A first delivery starts a ``queued`` run. ``retry()`` republishes before the run
+    could be touched, so a retry delivery starts a ``running`` run whose ``attempts`` equals
+    its ``retries``. A duplicate delivery of an attempt already started matches neither
+    branch and loses.
+    """
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    may_start = OperationRun.status == RunStatus.QUEUED.value
+    if retries > 0:
+        may_start = or_(
+            may_start,
+            and_(OperationRun.status == RunStatus.RUNNING.value, OperationRun.attempts == retries),
+        )
+    result = session.execute(
+        update(OperationRun)
+        .where(OperationRun.id == run_id, may_start)
+        .values(
+            status=RunStatus.RUNNING.value,
+            attempts=retries + 1,
+            started_at=func.coalesce(OperationRun.started_at, now),
+            last_heartbeat_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _won(result)
+
+
+def heartbeat(session: Session, run_id: int, *, now: datetime) -> bool:
+    """Record liveness of a running run; a run that ended meanwhile is not touched."""
+    result = session.execute(
+        update(OperationRun)
+        .where(OperationRun.id == run_id, OperationRun.status == RunStatus.RUNNING.value)
+        .values(last_heartbeat_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _won(result)
+
+
+def record_retry(
+    session: Session, run_id: int, *, evidence: Mapping[str, Any], now: datetime
+) -> bool:
+    """A retry was scheduled: the run stays running with the last error recorded."""
+    run = session.get(OperationRun, run_id, with_for_update=_lock_rows(session))
+    if run is None or run.status != RunStatus.RUNNING.value:
+        return False
+    context = dict(run.context or {})
+    bridge = dict(context.get("bridge") or {})
+    bridge["last_retry"] = {**dict(evidence), "recorded_at": now.isoformat()}
+    context["bridge"] = bridge
+    result = session.execute(
+        update(OperationRun)
+        .where(OperationRun.id == run_id, OperationRun.status == RunStatus.RUNNING.value)
+        .values(context=context, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _won(result)
+
+
+def _lock_rows(session: Session) -> bool:
+    # SQLite has no row locks; its write transactions already hold the database lock.
+    return session.get_bind().dialect.name != "sqlite"
+
+
+def _won(result: Any) -> bool:
+    return int(getattr(result, "rowcount", 0) or 0) == 1
