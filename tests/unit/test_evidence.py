@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.lifecycle.evidence import scrub, scrub_and_truncate
+
+
+def test_scrub__hides_url_passwords_keeps_user_and_host() -> None:
+    text = "could not connect to postgresql://app:s3cr3t@db.internal:5432/prod"
+    assert scrub(text) == "could not connect to postgresql://app:***@db.internal:5432/prod"
+
+
+def test_scrub__hides_key_value_secrets() -> None:
+    text = 'login failed password=hunter2 token: abc.def "api_key": "k-123" user=bob'
+    scrubbed = scrub(text)
+    for secret in ("hunter2", "abc.def", "k-123"):
+        assert secret not in scrubbed
+    assert "user=bob" in scrubbed
+
+
+def test_scrub__hides_bearer_authorization() -> None:
+    assert "xyz" not in scrub("Authorization: Bearer xyz")
+
+
+def test_scrub_and_truncate__scrubs_before_cutting() -> None:
+    # A cut inside the password would no longer look like a URL with credentials.
+    text = "redis://default:" + "p" * 50 + "@cache:6379/0"
+    result = scrub_and_truncate(text, limit=30)
+    assert "ppp" not in result
+    assert len(result) <= 30
+
+
+def test_scrub_and_truncate__bounds_length() -> None:
+    result = scrub_and_truncate("x" * 5000, limit=100)
+    assert len(result) == 100
+    assert result.endswith("\u2026")
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=80))
+def test_scrub__url_password_never_survives(password: str) -> None:
+    password = "".join(c for c in password if c not in "@/: \t\r\n\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0")
+    if not password:
+        return
+    text = f"error at amqp://guest:{password}@broker:5672//"
+    assert f":{password}@" not in scrub(text)
