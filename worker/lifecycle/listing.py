@@ -1,0 +1,85 @@
+"""Listing runs with their freshness, for ``runwarden runs``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import OperationRun, RunStatus
+from worker.lifecycle.freshness import OperationRunFreshnessState
+from worker.lifecycle.policy import LifecyclePolicy
+
+# Freshness only exists for some statuses; filtering on it narrows the SQL first.
+_STATUSES_OF: dict[OperationRunFreshnessState, tuple[str, ...]] = {
+    OperationRunFreshnessState.TERMINAL_NORMAL: (RunStatus.COMPLETED.value,),
+    OperationRunFreshnessState.RECONCILED_FAILED: (RunStatus.COMPLETED.value,),
+    OperationRunFreshnessState.UNKNOWN: (RunStatus.QUEUED.value, RunStatus.RUNNING.value),
+    OperationRunFreshnessState.LIKELY_STALE: (RunStatus.QUEUED.value, RunStatus.RUNNING.value),
+    OperationRunFreshnessState.FRESH: (RunStatus.QUEUED.value, RunStatus.RUNNING.value),
+}
+_CHUNK = 500
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def run_to_dict(run: OperationRun, freshness: OperationRunFreshnessState) -> dict[str, Any]:
+    """A run as ``runwarden runs --json`` and ``explain --json`` print it."""
+    return {
+        "id": run.id,
+        "type": run.type,
+        "status": run.status,
+        "outcome": run.outcome,
+        "freshness_state": freshness.value,
+        "workspace_id": run.workspace_id,
+        "tenant_id": run.tenant_id,
+        "user_id": run.user_id,
+        "attempts": run.attempts,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "last_heartbeat_at": iso(run.last_heartbeat_at),
+        "completed_at": iso(run.completed_at),
+    }
+
+
+def list_runs(
+    session: Session,
+    policy: LifecyclePolicy,
+    *,
+    now: datetime,
+    status: str | None = None,
+    freshness: OperationRunFreshnessState | None = None,
+    types: Sequence[str] = (),
+    tenant_ids: Sequence[int] = (),
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The newest runs matching the filters, as dicts with their freshness state.
+
+    Freshness depends on the policy and the clock, so it is filtered here in Python,
+    reading newest-first in chunks until ``limit`` runs match.
+    """
+    statement = select(OperationRun).order_by(OperationRun.id.desc())
+    statuses: tuple[str, ...] | None = _STATUSES_OF[freshness] if freshness else None
+    if status is not None:
+        statuses = tuple(s for s in (statuses or (status,)) if s == status)
+    if statuses is not None:
+        statement = statement.where(OperationRun.status.in_(statuses))
+    if types:
+        statement = statement.where(OperationRun.type.in_(types))
+    if tenant_ids:
+        statement = statement.where(OperationRun.tenant_id.in_(tenant_ids))
+    if freshness is None:
+        statement = statement.limit(limit)
+    listed: list[dict[str, Any]] = []
+    for run in session.scalars(statement.execution_options(yield_per=_CHUNK)):
+        state = OperationRunFreshnessState.for_run(run, policy, now)
+        if freshness is None or state is freshness:
+            listed.append(run_to_dict(run, state))
+            if len(listed) >= limit:
+                break
+    return listed
