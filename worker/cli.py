@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy.exc import DBAPIError
 
 from worker.errors import RunwardenError
 from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.lifecycle.reconciler import OperationLifecycleReconciler
 
 
 class RunwardenGroup(click.Group):
@@ -48,6 +52,196 @@ def migrate() -> None:
     url = get_settings().resolved_database_url
     upgrade(url)
     click.echo(f"database {describe_url(url)} is at the latest schema")
+
+
+# -- lifecycle commands: click in, lifecycle call, text or JSON out -----------------------
+
+
+def _reconciler() -> OperationLifecycleReconciler:
+    from worker.lifecycle.policy import load_policy
+    from worker.lifecycle.reconciler import OperationLifecycleReconciler
+
+    # The policy is loaded before the database is touched: a bad file is exit 2, nothing read.
+    return OperationLifecycleReconciler(load_policy())
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
+
+
+@main.command()
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only this run type.")
+@click.option("--tenant", "tenant_ids", multiple=True, type=int, metavar="ID")
+@click.option("--workspace", "workspace_ids", multiple=True, type=int, metavar="ID")
+@click.option("--limit", type=int, help="Runs per pass (default: the policy's batch_limit).")
+@click.option("--dry-run", is_flag=True, help="Show what would be failed; write nothing.")
+@click.option("--drain", is_flag=True, help="Repeat passes until one reconciles nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result object as JSON.")
+def reconcile(
+    *,
+    types: tuple[str, ...],
+    tenant_ids: tuple[int, ...],
+    workspace_ids: tuple[int, ...],
+    limit: int | None,
+    dry_run: bool,
+    drain: bool,
+    as_json: bool,
+) -> None:
+    """Force-fail stale queued/running runs now, with evidence."""
+    from worker.db import get_engine
+    from worker.lifecycle.reconciler import ON_DEMAND_SOURCE, DrainResult, ReconcileOptions
+
+    if drain and dry_run:
+        raise click.UsageError("--drain cannot be combined with --dry-run")
+    options = ReconcileOptions(
+        types=list(types) or None,
+        tenant_ids=list(tenant_ids),
+        workspace_ids=list(workspace_ids),
+        limit=limit,
+        dry_run=dry_run,
+        source=ON_DEMAND_SOURCE,
+    )
+    reconciler = _reconciler()
+    engine = get_engine()
+    result = reconciler.drain(engine, options) if drain else reconciler.reconcile(engine, options)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    passes = f" in {result.passes} passes" if isinstance(result, DrainResult) else ""
+    if dry_run:
+        click.echo(
+            f"dry run: {result.candidates} candidates, {len(result.changes)} would be "
+            f"force-failed, {result.skipped} skipped; nothing was written"
+        )
+    else:
+        click.echo(
+            f"{result.candidates} candidates, {result.reconciled} reconciled, "
+            f"{result.skipped} skipped{passes}"
+        )
+    if result.changes:
+        _table(
+            ("RUN", "TYPE", "WAS", "REASON", "THRESHOLD", "SINCE", "APPLIED"),
+            [
+                (
+                    str(c.operation_run_id),
+                    c.type,
+                    c.before["status"],
+                    c.reason_code,
+                    f"{c.evidence['threshold_seconds']}s",
+                    str(c.evidence["reference_time"]),
+                    "yes" if c.applied else "no",
+                )
+                for c in result.changes
+            ],
+        )
+
+
+_FRESHNESS = ("terminal_normal", "reconciled_failed", "unknown", "likely_stale", "fresh")
+
+
+@main.command()
+@click.option("--status", type=click.Choice(("queued", "running", "completed")))
+@click.option("--freshness", type=click.Choice(_FRESHNESS))
+@click.option("--type", "types", multiple=True, metavar="TYPE")
+@click.option("--tenant", "tenant_ids", multiple=True, type=int, metavar="ID")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def runs(
+    *,
+    status: str | None,
+    freshness: str | None,
+    types: tuple[str, ...],
+    tenant_ids: tuple[int, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List the newest runs with their freshness state."""
+    from models import utcnow
+    from worker.db import read_session
+    from worker.lifecycle.freshness import OperationRunFreshnessState
+    from worker.lifecycle.listing import list_runs
+    from worker.lifecycle.policy import load_policy
+
+    policy = load_policy()
+    with read_session() as session:
+        listed = list_runs(
+            session,
+            policy,
+            now=utcnow(),
+            status=status,
+            freshness=OperationRunFreshnessState(freshness) if freshness else None,
+            types=types,
+            tenant_ids=tenant_ids,
+            limit=limit,
+        )
+    if as_json:
+        _print_json(listed)
+        return
+    if not listed:
+        click.echo("no runs match")
+        return
+    _table(
+        ("ID", "TYPE", "STATUS", "OUTCOME", "FRESHNESS", "WORKSPACE", "TENANT", "CREATED"),
+        [
+            (
+                str(r["id"]),
+                r["type"],
+                r["status"],
+                r["outcome"],
+                r["freshness_state"],
+                str(r["workspace_id"]),
+                "-" if r["tenant_id"] is None else str(r["tenant_id"]),
+                str(r["created_at"])[:19],
+            )
+            for r in listed
+        ],
+    )
+
+
+@main.command()
+@click.argument("run_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+def explain(run_id: int, as_json: bool) -> None:
+    """Why a run would (or would not) be force-failed, with its evidence."""
+    from models import OperationRun
+    from worker.db import read_session
+    from worker.errors import RunNotFoundError
+
+    reconciler = _reconciler()
+    with read_session() as session:
+        run = session.get(OperationRun, run_id)
+        if run is None:
+            raise RunNotFoundError(f"no operation run has id {run_id}")
+        explanation = reconciler.explain(session, run)
+    data = explanation.to_dict()
+    if as_json:
+        _print_json(data)
+        return
+    summary = data["run"]
+    click.echo(
+        f"run {summary['id']} {summary['type']}: {summary['status']}/{summary['outcome']}, "
+        f"{data['freshness_state']}"
+    )
+    click.echo(f"why: {data['why']}")
+    legitimacy = data["execution_legitimacy"]
+    failed = [name for name, ok in legitimacy["checks"].items() if not ok]
+    click.echo(
+        "execution legitimacy: "
+        + ("allowed" if legitimacy["allowed"] else f"refused ({legitimacy['reason_code']})")
+        + (f"; failing checks: {', '.join(failed)}" if failed else "")
+    )
+    if data["assessment"]:
+        click.echo("evidence the next pass would record:")
+        click.echo(json.dumps(data["assessment"]["evidence"], indent=2))
+    if data["reconciliation"]:
+        click.echo("reconciliation record:")
+        click.echo(json.dumps(data["reconciliation"], indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover
