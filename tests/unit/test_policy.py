@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import PolicyError
+from worker.lifecycle.policy import LifecyclePolicy, load_policy, parse_policy
+
+VALID = """
+[reconciliation]
+batch_limit = 250
+interval_seconds = 30
+
+[types."inventory.sync"]
+queued_stale_after_seconds = 600
+running_stale_after_seconds = 3600
+
+[types."report.export"]
+queued_stale_after_seconds = 60
+running_stale_after_seconds = 120
+scheduled_reconciliation = false
+direct_failed_bridge = false
+"""
+
+
+_SYNC = '[types."inventory.sync"]\n'
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_policy__reads_thresholds_flags_and_limits(tmp_path: Path) -> None:
+    policy = load_policy(_write(tmp_path, VALID))
+    assert policy.interval_seconds == 30
+    assert policy.batch_limit == policy.reconciliation_batch_limit() == 250
+    assert policy.covered_type_names() == ("inventory.sync", "report.export")
+    assert policy.supports("inventory.sync")
+    assert not policy.supports("restore.run")
+    assert policy.queued_stale_after_seconds("inventory.sync") == 600
+    assert policy.running_stale_after_seconds("report.export") == 120
+    assert policy.supports_scheduled_reconciliation("inventory.sync")
+    assert not policy.supports_scheduled_reconciliation("report.export")
+    assert not policy.supports_scheduled_reconciliation("restore.run")
+    assert policy.requires_direct_failed_bridge("inventory.sync")
+    assert not policy.requires_direct_failed_bridge("report.export")
+
+
+def test_load_policy__is_frozen(tmp_path: Path) -> None:
+    policy = load_policy(_write(tmp_path, VALID))
+    with pytest.raises(AttributeError):
+        policy.batch_limit = 1  # type: ignore[misc]
+
+
+def test_load_policy__packaged_default_covers_examples_including_scheduled_only() -> None:
+    policy = load_policy()
+    assert isinstance(policy, LifecyclePolicy)
+    assert {"inventory.sync", "backup.create", "restore.run"} <= set(policy.covered_type_names())
+    assert any(not policy.requires_direct_failed_bridge(t) for t in policy.covered_type_names())
+    assert 1 <= policy.batch_limit <= 500
+
+
+def test_load_policy__none_reads_the_configured_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("RUNWARDEN_POLICY_FILE", str(_write(tmp_path, VALID)))
+    get_settings.cache_clear()
+    assert load_policy().batch_limit == 250
+
+
+def test_load_policy__reconciliation_defaults_when_section_missing() -> None:
+    policy = parse_policy(
+        "[types.a]\nqueued_stale_after_seconds = 1\nrunning_stale_after_seconds = 2\n"
+    )
+    assert (policy.batch_limit, policy.interval_seconds) == (100, 60)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (
+            _SYNC + "queued_stale_after_seconds = 0\nrunning_stale_after_seconds = 1",
+            'types."inventory.sync".queued_stale_after_seconds',
+            "must be a positive integer",
+        ),
+        (
+            _SYNC + "queued_stale_after_seconds = true\nrunning_stale_after_seconds = 1",
+            'types."inventory.sync".queued_stale_after_seconds',
+            "must be a positive integer",
+        ),
+        (
+            _SYNC + 'queued_stale_after_seconds = "600"\nrunning_stale_after_seconds = 1',
+            'types."inventory.sync".queued_stale_after_seconds',
+            "must be a positive integer",
+        ),
+        (
+            _SYNC + "queued_stale_after_seconds = 1.5\nrunning_stale_after_seconds = 1",
+            'types."inventory.sync".queued_stale_after_seconds',
+            "must be a positive integer",
+        ),
+        (
+            _SYNC + "queued_stale_after_seconds = 5",
+            'types."inventory.sync".running_stale_after_seconds',
+            "missing",
+        ),
+        (
+            "[types.a]\nqueued_stale_after_seconds = 5\nrunning_stale_after_seconds = 5\n"
+            'direct_failed_bridge = "no"',
+            "types.a.direct_failed_bridge",
+            "must be true or false",
+        ),
+        (
+            "[types.a]\nqueued_stale_after_seconds = 5\nrunning_stale_after_seconds = 5\n"
+            "scheduled_reconcilation = true",
+            "types.a.scheduled_reconcilation",
+            "unknown key",
+        ),
+        ("[reconciliation]\nbatch_limit = 501", "reconciliation.batch_limit", "between 1 and 500"),
+        ("[reconciliation]\nbatch_limit = 0", "reconciliation.batch_limit", "positive integer"),
+        (
+            "[reconciliation]\ninterval_seconds = -5",
+            "reconciliation.interval_seconds",
+            "positive integer",
+        ),
+        ("[reconciliation]\nbatchlimit = 5", "reconciliation.batchlimit", "unknown key"),
+        ("[reconcile]\nbatch_limit = 5", "reconcile", "unknown key"),
+        ('types = "inventory.sync"', "types", "must be a table"),
+        ('[types]\n"inventory.sync" = 5', 'types."inventory.sync"', "must be a table"),
+    ],
+)
+def test_load_policy__invalid_value_names_file_and_key(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(PolicyError) as raised:
+        load_policy(path)
+    assert raised.value.message.startswith(f"{path}: {key}: ")
+    assert problem in raised.value.message
+    assert raised.value.exit_code == 2
+
+
+def test_load_policy__toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[types.a\nqueued = 1")
+    with pytest.raises(PolicyError, match=rf"^{path}: invalid TOML"):
+        load_policy(path)
+
+
+def test_load_policy__missing_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(PolicyError, match=rf"^{path}: cannot read the policy file"):
+        load_policy(path)
