@@ -1,0 +1,259 @@
+"""1. Backlog drain: ``runwarden reconcile --drain --json`` against the bare-psycopg floor.
+
+Each repetition copies the generated database (CREATE DATABASE ... TEMPLATE) once per side,
+so both sides start from identical data; the order of the sides alternates. Both sides are
+whole processes with stdout redirected to a file, timed from spawn to exit, and their peak
+RSS comes from ``wait4``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    BIN,
+    REPO,
+    WORK,
+    ProcessRun,
+    Result,
+    Scale,
+    Servers,
+    base_env,
+    log,
+    median,
+    run_process,
+)
+from benchmarks.data import (
+    DRAIN_KIND,
+    DRAIN_STALE_SQL,
+    build_database,
+    drain_stale_count,
+    rows_checksum,
+    write_policy,
+)
+
+TEMPLATE = "bench_drain_template"
+COPY = "bench_drain_copy"
+GOAL_RATIO = 1.1
+EVIDENCE_KEYS = {
+    "evaluated_at",
+    "freshness_state",
+    "threshold_seconds",
+    "reference_time",
+    "status",
+    "execution_legitimacy",
+    "terminal_truth_path",
+}
+CHANGE_KEYS = {
+    "applied",
+    "operation_run_id",
+    "type",
+    "before",
+    "after",
+    "reason_code",
+    "reason_message",
+    "evidence",
+}
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    argv: list[str]
+
+
+def runwarden_drain_available() -> str | None:
+    """None when ``runwarden reconcile --drain --json`` exists, else why not."""
+    runwarden = BIN / "runwarden"
+    if not runwarden.exists():
+        return f"{runwarden} is not installed"
+    probe = subprocess.run(
+        [str(runwarden), "reconcile", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env=base_env(),
+    )
+    if probe.returncode != 0:
+        return "the `runwarden reconcile` command does not exist yet"
+    missing = [flag for flag in ("--drain", "--json", "--limit") if flag not in probe.stdout]
+    if missing:
+        return f"`runwarden reconcile` has no {', '.join(missing)} option yet"
+    return None
+
+
+def sides(limit: int) -> list[Side]:
+    floor = Side(
+        "floor",
+        [str(BIN / "python"), str(REPO / "benchmarks" / "floor_drain.py"), "--limit", str(limit)],
+    )
+    runwarden = Side(
+        "runwarden",
+        [str(BIN / "runwarden"), "reconcile", "--drain", "--json", "--limit", str(limit)],
+    )
+    return [floor, runwarden]
+
+
+def verify(
+    srv: Servers, database: str, output: Path, stale: int, untouched: tuple[int, str]
+) -> list[str]:
+    """What is wrong after a drain (empty: nothing): every stale run failed once with one
+    audit row and one change in the output, and no other run changed."""
+    problems: list[str] = []
+    with srv.connect(database) as conn:
+        row = conn.execute(
+            f"""SELECT count(*) FILTER (WHERE status = 'completed' AND outcome = 'failed'
+                                       AND completed_at IS NOT NULL
+                                       AND jsonb_array_length(failure_summary) = 1
+                                       AND context->'reconciliation'->>'reason_code'
+                                           = 'run.stale_running'
+                                       AND context->'reconciliation'->'evidence'
+                                           ? 'execution_legitimacy'),
+                       count(*)
+                FROM operation_runs WHERE {DRAIN_STALE_SQL}"""
+        ).fetchone()
+        assert row is not None
+        if row[0] != stale or row[1] != stale:
+            problems.append(f"{row[0]} of {row[1]} stale runs failed with a record (want {stale})")
+        audit = conn.execute(
+            f"""SELECT count(*), count(DISTINCT resource_id),
+                       count(*) FILTER (WHERE action = 'operation_run.force_failed'
+                                        AND resource_type = 'operation_run'
+                                        AND metadata ? 'evidence'
+                                        AND metadata->>'reason_code' = 'run.stale_running'
+                                        AND resource_id IN (SELECT id::text FROM operation_runs
+                                                            WHERE {DRAIN_STALE_SQL}))
+                FROM audit_logs"""
+        ).fetchone()
+        assert audit is not None
+        if tuple(audit) != (stale, stale, stale):
+            problems.append(
+                f"audit rows: {audit[0]} rows for {audit[1]} runs, {audit[2]} well-formed "
+                f"(want {stale} of each)"
+            )
+    if rows_checksum(srv, database, f"NOT ({DRAIN_STALE_SQL})") != untouched:
+        problems.append("runs that were not stale changed")
+    try:
+        document: dict[str, Any] = json.loads(output.read_text())
+    except (OSError, ValueError) as exc:
+        return [*problems, f"output is not one JSON document: {exc}"]
+    changes = document.get("changes", [])
+    ids = Counter(change.get("operation_run_id") for change in changes)
+    if len(ids) != stale or any(n != 1 for n in ids.values()) or any(i % 9 for i in ids):
+        problems.append(f"output: {len(changes)} changes for {len(ids)} runs (want {stale})")
+    if document.get("reconciled") != stale:
+        problems.append(f"output reconciled={document.get('reconciled')} (want {stale})")
+    malformed = sum(
+        1
+        for change in changes
+        if not set(change) >= CHANGE_KEYS
+        or not change.get("applied")
+        or not set(change.get("evidence") or {}) >= EVIDENCE_KEYS
+    )
+    if malformed:
+        problems.append(f"{malformed} change objects lack keys of the documented shape")
+    return problems
+
+
+def run(srv: Servers, scale: Scale) -> Result:
+    result = Result(
+        "drain",
+        f"runwarden reconcile --drain --json time / floor time <= {GOAL_RATIO}",
+    )
+    stale = drain_stale_count(scale.drain_total)
+    result.figures.update({"runs_total": scale.drain_total, "runs_stale": stale, "repetitions": 0})
+    why = runwarden_drain_available()
+    if why:
+        log(f"  runwarden side: not available: {why}; timing the floor alone")
+
+    work = WORK / "drain"
+    work.mkdir(parents=True, exist_ok=True)
+    policy = write_policy(work / "policy.toml")
+    build_database(srv, TEMPLATE, total=scale.drain_total, kind=DRAIN_KIND)
+    untouched = rows_checksum(srv, TEMPLATE, f"NOT ({DRAIN_STALE_SQL})")
+
+    timings: dict[str, list[float]] = {"floor": [], "runwarden": []}
+    rss: dict[str, list[float]] = {"floor": [], "runwarden": []}
+    all_sides = [s for s in sides(500) if not (why and s.name == "runwarden")]
+    for repetition in range(scale.drain_repetitions):
+        ordered = all_sides if repetition % 2 == 0 else list(reversed(all_sides))
+        for side in ordered:
+            url = srv.create_database(COPY, template=TEMPLATE)
+            with srv.connect(COPY) as conn:
+                conn.execute("CHECKPOINT")
+            env = base_env(
+                RUNWARDEN_DATABASE_URL=url,
+                RUNWARDEN_POLICY_FILE=str(policy),
+                RUNWARDEN_VAR_DIR=str(work / "var"),
+            )
+            output = work / f"{side.name}.json"
+            outcome: ProcessRun = run_process(side.argv, env=env, stdout_path=output)
+            if outcome.returncode != 0:
+                srv.drop_database(COPY)
+                message = f"{side.name} exited {outcome.returncode}: {outcome.stderr[-600:]}"
+                if side.name == "runwarden":
+                    why = message
+                    all_sides = [s for s in all_sides if s.name != "runwarden"]
+                    log(f"  runwarden side: not available: {message}")
+                    continue
+                raise RuntimeError(message)
+            problems = verify(srv, COPY, output, stale, untouched)
+            srv.drop_database(COPY)
+            status = "verified" if not problems else "WRONG: " + "; ".join(problems)
+            log(
+                f"  rep {repetition + 1} {side.name:9s} {outcome.seconds:7.3f} s "
+                f"{stale / outcome.seconds:9,.0f} runs/s  peak RSS {outcome.max_rss_mb:6.1f} MB"
+                f"  {status}"
+            )
+            if problems:
+                result.notes.append(f"{side.name} rep {repetition + 1}: {status}")
+            timings[side.name].append(outcome.seconds)
+            rss[side.name].append(outcome.max_rss_mb)
+        result.figures["repetitions"] = repetition + 1
+    srv.drop_database(TEMPLATE)
+
+    floor_s = median(timings["floor"])
+    result.figures.update(
+        {
+            "floor_seconds": timings["floor"],
+            "floor_median_seconds": round(floor_s, 3),
+            "floor_runs_per_second": round(stale / floor_s),
+            "floor_peak_rss_mb": round(max(rss["floor"]), 1),
+        }
+    )
+    if why or not timings["runwarden"]:
+        return result.unavailable(why or "no runwarden timing")
+    runwarden_s = median(timings["runwarden"])
+    ratio = runwarden_s / floor_s
+    result.figures.update(
+        {
+            "runwarden_seconds": timings["runwarden"],
+            "runwarden_median_seconds": round(runwarden_s, 3),
+            "runwarden_runs_per_second": round(stale / runwarden_s),
+            "runwarden_peak_rss_mb": round(max(rss["runwarden"]), 1),
+            "ratio": round(ratio, 3),
+        }
+    )
+    result.goal_met = ratio <= GOAL_RATIO and not result.notes
+    return result
+
+
+def summary(result: Result) -> list[str]:
+    f = result.figures
+    lines = [
+        f"floor:     median {f.get('floor_median_seconds')} s "
+        f"({f.get('floor_runs_per_second'):,} runs/s) over {f.get('repetitions')} runs",
+    ]
+    if "runwarden_median_seconds" in f:
+        lines.append(
+            f"runwarden: median {f['runwarden_median_seconds']} s "
+            f"({f['runwarden_runs_per_second']:,} runs/s)"
+        )
+        lines.append(f"ratio runwarden/floor: {f['ratio']} (goal <= {GOAL_RATIO})")
+    return lines

@@ -1,0 +1,179 @@
+"""Benchmark data, generated in SQL (INSERT ... SELECT generate_series) on migrated databases.
+
+Run ids encode what a run is, so every check can say which rows must have changed:
+
+* drain data: ``id % 9 = 0`` is a stale running run of a scheduled, covered type (so 50,000
+  of 450,000); ``id % 90`` in 1..4 are runs that must survive a drain untouched (fresh
+  running, fresh queued, an old running run of an uncovered type, one of a covered type
+  with ``scheduled_reconciliation = false``); every other run is terminal.
+* idle data: ids 1..200 are fresh non-terminal runs, the rest are terminal.
+
+Tenants, users and workspaces vary so that the legitimacy evidence varies too: every 10th
+tenant and every 7th user is inactive, every 11th run has no tenant, every 3rd no user,
+and every 13th run's tenant belongs to another workspace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.common import Servers, log
+
+#: Thresholds: queued runs get two hours, so fresh queued runs stay fresh all benchmark long.
+QUEUED_STALE_AFTER_SECONDS = 7200
+RUNNING_STALE_AFTER_SECONDS = 3600
+
+STALE_TYPES = ("inventory.sync", "backup.create", "report.export")
+TERMINAL_TYPES = ("inventory.sync", "backup.create", "report.export", "restore.run")
+
+
+def policy_toml(
+    *,
+    batch_limit: int = 500,
+    interval_seconds: int = 60,
+    running_stale_after_seconds: int = RUNNING_STALE_AFTER_SECONDS,
+    extra_types: str = "",
+) -> str:
+    """The benchmark policy: three scheduled types (one bridge-less), one unscheduled."""
+    queued = QUEUED_STALE_AFTER_SECONDS
+    running = running_stale_after_seconds
+    return f"""\
+[reconciliation]
+batch_limit = {batch_limit}
+interval_seconds = {interval_seconds}
+
+[types."inventory.sync"]
+queued_stale_after_seconds = {queued}
+running_stale_after_seconds = {running}
+
+[types."backup.create"]
+queued_stale_after_seconds = {queued}
+running_stale_after_seconds = {running}
+
+[types."report.export"]
+queued_stale_after_seconds = {queued}
+running_stale_after_seconds = {running}
+direct_failed_bridge = false
+
+[types."restore.run"]
+queued_stale_after_seconds = {queued}
+running_stale_after_seconds = {running}
+
+[types."legacy.import"]
+queued_stale_after_seconds = {queued}
+running_stale_after_seconds = {running}
+scheduled_reconciliation = false
+{extra_types}"""
+
+
+def write_policy(path: Path, **kwargs: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(policy_toml(**kwargs))  # type: ignore[arg-type]
+    return path
+
+
+_PARTIES = """
+INSERT INTO workspaces (id, name, created_at)
+SELECT i, 'workspace ' || i, now() - interval '30 days' FROM generate_series(1, 20) AS i;
+INSERT INTO tenants (id, workspace_id, name, is_active, created_at)
+SELECT i, 1 + (i - 1) % 20, 'tenant ' || i, i % 10 <> 0, now() - interval '30 days'
+FROM generate_series(1, 200) AS i;
+INSERT INTO users (id, email, is_active, created_at)
+SELECT i, 'user' || i || '@example.test', i % 7 <> 0, now() - interval '30 days'
+FROM generate_series(1, 500) AS i;
+"""
+
+# {kind} is an SQL expression of i naming the kind of run i is.
+_RUNS = """
+INSERT INTO operation_runs (
+    id, workspace_id, tenant_id, user_id, type, status, outcome, celery_task_id, attempts,
+    context, summary_counts, failure_summary,
+    created_at, updated_at, started_at, completed_at, last_heartbeat_at)
+SELECT i,
+    CASE WHEN p.tenant IS NULL THEN 1 + i % 20
+         WHEN i % 13 = 0 THEN 1 + p.tenant % 20          -- tenant of another workspace
+         ELSE 1 + (p.tenant - 1) % 20 END,
+    p.tenant, p.usr,
+    CASE k.kind
+        WHEN 'stale' THEN (ARRAY['inventory.sync', 'backup.create',
+                                 'report.export'])[1 + (i / 9) % 3]
+        WHEN 'uncovered' THEN 'adhoc.script'
+        WHEN 'unscheduled' THEN 'legacy.import'
+        WHEN 'done' THEN (ARRAY['inventory.sync', 'backup.create', 'report.export',
+                                'restore.run'])[1 + i % 4]
+        ELSE 'inventory.sync' END,
+    CASE k.kind WHEN 'done' THEN 'completed' WHEN 'fresh_queued' THEN 'queued'
+                ELSE 'running' END,
+    CASE k.kind WHEN 'done' THEN (CASE WHEN i % 17 = 0 THEN 'failed' ELSE 'succeeded' END)
+                ELSE 'pending' END,
+    md5(i::text),
+    CASE k.kind WHEN 'fresh_queued' THEN 0 ELSE 1 END,
+    jsonb_build_object('inputs', jsonb_build_object('full', i % 2 = 0, 'page_size', 100)),
+    CASE k.kind WHEN 'done' THEN jsonb_build_object('items', i % 50) ELSE '{{}}'::jsonb END,
+    '[]'::jsonb,
+    t.created, t.created,
+    CASE k.kind WHEN 'fresh_queued' THEN NULL ELSE t.created + interval '5 seconds' END,
+    CASE k.kind WHEN 'done' THEN t.created + interval '90 seconds' ELSE NULL END,
+    CASE WHEN k.kind = 'fresh_running' THEN now()
+         WHEN k.kind = 'stale' AND i % 2 = 0 THEN t.created + interval '1 hour'
+         WHEN k.kind = 'done' THEN t.created + interval '60 seconds'
+         ELSE NULL END
+FROM generate_series(1, {total}) AS i
+CROSS JOIN LATERAL (SELECT {kind} AS kind) AS k
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN i % 11 = 0 THEN NULL ELSE 1 + i % 200 END AS tenant,
+           CASE WHEN i % 3 = 0 THEN NULL ELSE 1 + i % 500 END AS usr) AS p
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN k.kind IN ('fresh_running', 'fresh_queued') THEN now()
+                WHEN k.kind = 'done' THEN now() - interval '30 days' + i * interval '1 second'
+                ELSE now() - interval '5 hours' END AS created) AS t;
+SELECT setval(pg_get_serial_sequence('operation_runs', 'id'), {total});
+"""
+
+DRAIN_KIND = """CASE WHEN i % 9 = 0 THEN 'stale'
+                     WHEN i % 90 = 1 THEN 'fresh_running'
+                     WHEN i % 90 = 2 THEN 'fresh_queued'
+                     WHEN i % 90 = 3 THEN 'uncovered'
+                     WHEN i % 90 = 4 THEN 'unscheduled'
+                     ELSE 'done' END"""
+
+IDLE_ACTIVE_RUNS = 200
+IDLE_KIND = f"""CASE WHEN i > {IDLE_ACTIVE_RUNS} THEN 'done'
+                    WHEN i % 2 = 0 THEN 'fresh_running'
+                    ELSE 'fresh_queued' END"""
+
+#: Stale runs of the drain data, as an SQL predicate over operation_runs.
+DRAIN_STALE_SQL = "id % 9 = 0"
+
+
+def drain_stale_count(total: int) -> int:
+    return total // 9
+
+
+def _migrate(url: str) -> None:
+    from worker.migrate import upgrade
+
+    upgrade(url)
+
+
+def build_database(srv: Servers, name: str, *, total: int, kind: str) -> str:
+    """A migrated database ``name`` holding ``total`` generated runs; returns its URL."""
+    url = srv.create_database(name)
+    _migrate(url)
+    with srv.connect(name) as conn:
+        conn.execute(_PARTIES)
+        conn.execute(_RUNS.format(total=total, kind=kind))
+        conn.execute("VACUUM (ANALYZE)")
+    log(f"  generated {total:,} runs in database {name}")
+    return url
+
+
+def rows_checksum(srv: Servers, database: str, predicate: str) -> tuple[int, str]:
+    """Row count and md5 of every column of every run matching ``predicate``."""
+    with srv.connect(database) as conn:
+        row = conn.execute(
+            "SELECT count(*), md5(string_agg(r::text, ',' ORDER BY r.id)) "
+            f"FROM operation_runs AS r WHERE {predicate}"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])

@@ -1,0 +1,208 @@
+"""The floor of a backlog drain: bare psycopg, one SQL statement per pass, no ORM, no CLI
+framework.
+
+It does the work of ``runwarden reconcile --drain --json`` and nothing less, so the drain
+benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
+
+* the stale scan over the partial index ``ix_operation_runs_active_scan`` (status written
+  as literals: a bound status list would not match the index predicate), oldest id first,
+  ``FOR UPDATE SKIP LOCKED``;
+* the legitimacy inputs (tenant and user joined) and the full evidence;
+* the conditional UPDATE writing ``context.reconciliation`` and one failure entry;
+* one audit row per run;
+* every change object built in the same statement and printed as one JSON document with
+  the sums and ``passes``.
+
+Reads ``RUNWARDEN_DATABASE_URL`` and ``RUNWARDEN_POLICY_FILE`` like runwarden does.
+Usage: ``python benchmarks/floor_drain.py [--limit 500] [--source on_demand_reconciler]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from datetime import UTC, datetime
+
+import psycopg
+
+PASS_SQL = """
+WITH policy AS (
+    SELECT * FROM jsonb_to_recordset(%(policy)s::jsonb)
+        AS p(type text, queued_s int, running_s int, truth_path text)
+),
+candidates AS (
+    SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
+           CASE WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
+               AS threshold_seconds,
+           CASE WHEN r.status = 'queued' THEN r.created_at
+                ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at) END
+               AS reference_time,
+           p.truth_path
+    FROM operation_runs AS r
+    JOIN policy AS p ON p.type = r.type
+    WHERE r.status IN ('queued', 'running')
+      AND CASE WHEN r.status = 'queued'
+               THEN r.created_at < %(now)s - make_interval(secs => p.queued_s)
+               ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
+                    < %(now)s - make_interval(secs => p.running_s) END
+    ORDER BY r.id
+    LIMIT %(limit)s
+    FOR UPDATE OF r SKIP LOCKED
+),
+checked AS (
+    SELECT c.*,
+           c.tenant_id IS NULL OR t.id IS NOT NULL AS tenant_exists,
+           c.tenant_id IS NULL OR coalesce(t.is_active, false) AS tenant_active,
+           c.tenant_id IS NULL OR coalesce(t.workspace_id = c.workspace_id, false)
+               AS tenant_in_workspace,
+           c.user_id IS NULL OR coalesce(u.is_active, false) AS user_active
+    FROM candidates AS c
+    LEFT JOIN tenants AS t ON t.id = c.tenant_id
+    LEFT JOIN users AS u ON u.id = c.user_id
+),
+assessed AS (
+    SELECT k.*,
+           CASE WHEN k.status = 'queued' THEN 'run.stale_queued' ELSE 'run.stale_running' END
+               AS reason_code,
+           CASE WHEN k.status = 'queued'
+                THEN 'Run was queued but never started within its lifecycle window.'
+                ELSE 'Run started but did not finish within its lifecycle window.' END
+               AS reason_message,
+           CASE WHEN NOT k.tenant_exists THEN 'execution.tenant_missing'
+                WHEN NOT k.tenant_active THEN 'execution.tenant_inactive'
+                WHEN NOT k.tenant_in_workspace THEN 'execution.tenant_workspace_mismatch'
+                WHEN NOT k.user_active THEN 'execution.user_inactive' END
+               AS legitimacy_reason
+    FROM checked AS k
+),
+evidenced AS (
+    SELECT a.id, a.type, a.status, a.outcome, a.reason_code, a.reason_message,
+           json_build_object(
+               'evaluated_at', %(now)s::timestamptz,
+               'freshness_state', 'likely_stale',
+               'threshold_seconds', a.threshold_seconds,
+               'reference_time', a.reference_time,
+               'status', a.status,
+               'execution_legitimacy', json_build_object(
+                   'allowed', a.legitimacy_reason IS NULL,
+                   'reason_code', a.legitimacy_reason,
+                   'checks', json_build_object(
+                       'run_non_terminal', true,
+                       'tenant_exists', a.tenant_exists,
+                       'tenant_active', a.tenant_active,
+                       'tenant_in_workspace', a.tenant_in_workspace,
+                       'user_active', a.user_active,
+                       'type_covered', true)),
+               'terminal_truth_path', a.truth_path) AS evidence
+    FROM assessed AS a
+),
+updated AS (
+    -- CAS: only a row still non-terminal is written.
+    UPDATE operation_runs AS r SET
+        status = 'completed',
+        outcome = 'failed',
+        completed_at = %(now)s,
+        updated_at = %(now)s,
+        context = jsonb_set(r.context, '{reconciliation}', jsonb_build_object(
+            'reason_code', e.reason_code,
+            'reason_message', e.reason_message,
+            'source', %(source)s::text,
+            'evidence', e.evidence::jsonb,
+            'reconciled_at', %(now)s::timestamptz)),
+        failure_summary = r.failure_summary || jsonb_build_array(jsonb_build_object(
+            'reason_code', e.reason_code, 'message', e.reason_message))
+    FROM evidenced AS e
+    WHERE r.id = e.id AND r.status IN ('queued', 'running')
+    RETURNING r.id, r.workspace_id, r.tenant_id
+),
+audited AS (
+    INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
+                            resource_type, resource_id, metadata, recorded_at)
+    SELECT u.workspace_id, u.tenant_id, 'system', %(source)s::text,
+           'operation_run.force_failed', 'operation_run', u.id::text,
+           jsonb_build_object('reason_code', e.reason_code,
+                              'reason_message', e.reason_message,
+                              'source', %(source)s::text,
+                              'outcome', 'failed',
+                              'evidence', e.evidence::jsonb),
+           %(now)s
+    FROM updated AS u JOIN evidenced AS e ON e.id = u.id
+)
+SELECT (SELECT count(*) FROM candidates),
+       (SELECT count(*) FROM updated),
+       (SELECT json_agg(json_build_object(
+            'applied', true,
+            'operation_run_id', e.id,
+            'type', e.type,
+            'before', json_build_object('status', e.status, 'outcome', e.outcome,
+                                        'freshness_state', 'likely_stale'),
+            'after', json_build_object('status', 'completed', 'outcome', 'failed',
+                                       'freshness_state', 'reconciled_failed'),
+            'reason_code', e.reason_code,
+            'reason_message', e.reason_message,
+            'evidence', e.evidence) ORDER BY e.id)::text
+        FROM updated AS u JOIN evidenced AS e ON e.id = u.id)
+"""
+
+
+def policy_rows(path: str) -> list[dict[str, object]]:
+    with open(path, "rb") as policy_file:
+        document = tomllib.load(policy_file)
+    rows: list[dict[str, object]] = []
+    for name, entry in document.get("types", {}).items():
+        if not entry.get("scheduled_reconciliation", True):
+            continue
+        bridge = entry.get("direct_failed_bridge", True)
+        rows.append(
+            {
+                "type": name,
+                "queued_s": entry["queued_stale_after_seconds"],
+                "running_s": entry["running_stale_after_seconds"],
+                "truth_path": "direct_and_scheduled" if bridge else "scheduled_only",
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=500)
+    parser.add_argument("--source", default="on_demand_reconciler")
+    args = parser.parse_args()
+    url = os.environ["RUNWARDEN_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    policy = json.dumps(policy_rows(os.environ["RUNWARDEN_POLICY_FILE"]))
+
+    candidates = reconciled = passes = 0
+    chunks: list[str] = []
+    with psycopg.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
+        while True:
+            # One statement, one transaction per pass.
+            params = {
+                "policy": policy,
+                "now": datetime.now(UTC),
+                "limit": min(max(args.limit, 1), 500),
+                "source": args.source,
+            }
+            row = conn.execute(PASS_SQL, params).fetchone()
+            assert row is not None
+            passes += 1
+            candidates += int(row[0])
+            reconciled += int(row[1])
+            if row[2]:
+                chunks.append(row[2][1:-1])  # the pass's changes, without the brackets
+            if not row[1]:
+                break
+    sys.stdout.write(
+        f'{{"candidates": {candidates}, "reconciled": {reconciled}, '
+        f'"skipped": {candidates - reconciled}, "passes": {passes}, "changes": ['
+    )
+    sys.stdout.write(",".join(chunks))
+    sys.stdout.write("]}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
