@@ -1,0 +1,86 @@
+"""Operation tasks the worker tests run in a real prefork worker (``-I tests.worker.operations``).
+
+Each body appends one line to ``$RUNWARDEN_TEST_EXECUTIONS_DIR/<run id>`` before doing
+anything else, so a test can prove that a body ran -- or never ran -- and how often.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.tasks import OperationResult, RunContext, operation
+
+
+class TransientError(RuntimeError):
+    pass
+
+
+def record_execution(run: RunContext, inputs: dict[str, Any]) -> None:
+    directory = Path(os.environ["RUNWARDEN_TEST_EXECUTIONS_DIR"])
+    line = json.dumps({"attempt": run.attempt, "pid": os.getpid(), "inputs": inputs})
+    with (directory / str(run.id)).open("a") as handle:
+        handle.write(line + "\n")
+
+
+@operation("test.ok")
+def ok(run: RunContext, **inputs: Any) -> OperationResult:
+    record_execution(run, inputs)
+    run.heartbeat()
+    return OperationResult(outcome="succeeded", summary_counts={"items": 3})
+
+
+@operation("test.slow_ok")
+def slow_ok(run: RunContext, **inputs: Any) -> None:
+    record_execution(run, inputs)
+    time.sleep(1.5)
+
+
+@operation("test.stale")
+def stale(run: RunContext, **inputs: Any) -> None:
+    record_execution(run, inputs)
+
+
+@operation("test.fail", autoretry_for=(TransientError,), max_retries=1, default_retry_delay=0.5)
+def fail(run: RunContext, **inputs: Any) -> None:
+    record_execution(run, inputs)
+    raise TransientError(
+        "cannot reach postgresql://app:hunter2@db.internal/inventory (token=abc123secret)"
+    )
+
+
+@operation("test.flaky")
+def flaky(run: RunContext, **inputs: Any) -> OperationResult:
+    record_execution(run, inputs)
+    if run.attempt == 1:
+        run.retry(exc=TransientError("first attempt always fails"), countdown=0.3)
+    return OperationResult(outcome="partially_succeeded", summary_counts={"attempt": run.attempt})
+
+
+@operation("test.sleep", time_limit=2)
+def sleep_past_limit(run: RunContext, **inputs: Any) -> None:
+    record_execution(run, inputs)
+    time.sleep(30)
+
+
+@operation("test.wait")
+def wait(run: RunContext, **inputs: Any) -> None:
+    record_execution(run, inputs)
+    for _ in range(300):
+        time.sleep(0.1)
+
+
+@operation("test.crash")
+def crash(run: RunContext, **inputs: Any) -> None:
+    record_execution(run, inputs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@operation("test.nobridge")
+def nobridge(run: RunContext, **inputs: Any) -> None:
+    record_execution(run, inputs)
+    raise ValueError("left to the reconciler")

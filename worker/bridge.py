@@ -1,0 +1,207 @@
+"""Celery signal receivers -> lifecycle transitions (the failed-job bridge).
+
+Connected when ``worker.celery_app`` is imported, so they exist in the worker's main
+process (which reports lost workers, hard time limits, revokes and unknown tasks) and in
+every pool child (which reports a body's success, exception or retry).
+
+Runs are found by the Celery task id stored on the row: for a lost worker the request
+context in the main process can be empty, but the task id is always there. Each receiver
+does one short transaction -- in the main process it blocks the consumer loop -- and
+never raises: Celery would only log the error, and a receiver failure must not take the
+worker down. A run the bridge could not end is ended later by the reconciler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import signals
+
+from models import utcnow
+from worker.db import write_session
+from worker.lifecycle.bridge_mapping import (
+    BridgeOutcome,
+    TaskFacts,
+    bridge_cancel,
+    bridge_failure,
+    bridge_retry,
+    bridge_success,
+    reason_for_exception,
+)
+from worker.lifecycle.reasons import ReasonCode
+from worker.runtime import current_policy
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "operations."
+_UID = "runwarden.bridge."
+
+
+def _is_operation(name: object) -> bool:
+    return isinstance(name, str) and name.startswith(_PREFIX)
+
+
+def _facts(task_id: str, name: str | None, request: Any) -> TaskFacts:
+    # In the main process the sender's request stack may hold another (or no) request:
+    # trust its retries/hostname only when it is this task's.
+    same = request is not None and getattr(request, "id", None) == task_id
+    retries = getattr(request, "retries", None) if same else None
+    hostname = getattr(request, "hostname", None) if same else None
+    return TaskFacts(
+        celery_task_id=task_id,
+        task_name=name,
+        retries=int(retries) if isinstance(retries, int) else None,
+        hostname=hostname or socket.gethostname(),
+        pid=os.getpid(),
+    )
+
+
+def _log(event: str, outcome: BridgeOutcome, facts: TaskFacts, reason: str | None) -> None:
+    level = logging.INFO if outcome is not BridgeOutcome.NO_RUN else logging.DEBUG
+    logger.log(
+        level,
+        "bridge %s: task %s -> %s%s",
+        event,
+        facts.celery_task_id,
+        outcome.value,
+        f" ({reason})" if reason else "",
+        extra={
+            "celery_task_id": facts.celery_task_id,
+            "bridge_event": event,
+            "bridge_outcome": outcome.value,
+            "reason_code": reason,
+            "source": "failed_job_bridge",
+        },
+    )
+
+
+def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    if not _is_operation(getattr(sender, "name", None)) or not isinstance(result, dict):
+        return
+    request = getattr(sender, "request", None)
+    try:
+        with write_session() as session:
+            outcome = bridge_success(
+                session,
+                run_id=int(result["operation_run_id"]),
+                outcome=result["outcome"],
+                summary_counts=result.get("summary_counts"),
+                now=utcnow(),
+            )
+    except Exception:
+        logger.exception("bridge could not record the success of %s", getattr(request, "id", "?"))
+        return
+    if outcome is not BridgeOutcome.APPLIED:
+        # A reconciler or a revoke ended the run first; its verdict stands.
+        logger.warning(
+            "operation run %s finished but had already ended; its completion is not recorded",
+            result.get("operation_run_id"),
+            extra={"operation_run_id": result.get("operation_run_id")},
+        )
+
+
+def _on_failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    name = getattr(sender, "name", None)
+    if not _is_operation(name) or not task_id:
+        return
+    facts = _facts(task_id, name, getattr(sender, "request", None))
+    reason = reason_for_exception(exception) if exception is not None else ReasonCode.JOB_FAILED
+    _apply_failure("task_failure", facts, reason, exception)
+
+
+def _apply_failure(
+    event: str,
+    facts: TaskFacts,
+    reason: ReasonCode,
+    exception: BaseException | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    try:
+        with write_session() as session:
+            outcome = bridge_failure(
+                session,
+                reason_code=reason,
+                facts=facts,
+                exception=exception,
+                policy=current_policy(),
+                now=utcnow(),
+                extra_evidence=extra,
+            )
+    except Exception:
+        logger.exception("bridge could not record %s for task %s", reason, facts.celery_task_id)
+        return
+    _log(event, outcome, facts, reason)
+
+
+def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    name = getattr(sender, "name", None)
+    task_id = getattr(request, "id", None)
+    if not _is_operation(name) or not task_id:
+        return
+    facts = _facts(task_id, name, request)
+    # ``reason`` is Celery's Retry; the error the attempt failed with is its ``exc``.
+    original = getattr(reason, "exc", None)
+    if not isinstance(original, BaseException):
+        original = reason if isinstance(reason, BaseException) else None
+    try:
+        with write_session() as session:
+            outcome = bridge_retry(session, facts=facts, exception=original, now=utcnow())
+    except Exception:
+        logger.exception("bridge could not record the retry of task %s", task_id)
+        return
+    _log("task_retry", outcome, facts, None)
+
+
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    name = getattr(sender, "name", None)
+    task_id = getattr(request, "id", None)
+    if not _is_operation(name) or not task_id:
+        return
+    facts = _facts(task_id, name, request)
+    if expired:
+        # Discarded before it ran: the body never started, the message is gone.
+        _apply_failure("task_revoked", facts, ReasonCode.EXPIRED, None, {"expired": True})
+        return
+    try:
+        with write_session() as session:
+            outcome = bridge_cancel(
+                session, facts=facts, signum=signum, terminated=terminated, now=utcnow()
+            )
+    except Exception:
+        logger.exception("bridge could not record the revoke of task %s", task_id)
+        return
+    _log("task_revoked", outcome, facts, ReasonCode.CANCELLED)
+
+
+def _on_unknown(name: str | None = None, id: str | None = None, **_: Any) -> None:
+    if not _is_operation(name) or not id:
+        return
+    facts = TaskFacts(
+        celery_task_id=id,
+        task_name=name,
+        retries=None,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    _apply_failure("task_unknown", facts, ReasonCode.TASK_UNKNOWN, None)
+
+
+def connect() -> None:
+    """Connect the receivers (idempotent: dispatch_uid)."""
+    signals.task_success.connect(_on_success, weak=False, dispatch_uid=_UID + "success")
+    signals.task_failure.connect(_on_failure, weak=False, dispatch_uid=_UID + "failure")
+    signals.task_retry.connect(_on_retry, weak=False, dispatch_uid=_UID + "retry")
+    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid=_UID + "revoked")
+    signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid=_UID + "unknown")

@@ -1,0 +1,115 @@
+"""The Celery app (``celery -A worker.celery_app worker|beat``) and its beat schedule.
+
+Configuration is read from :class:`worker.settings.Settings` and the lifecycle policy when
+Celery first needs it (``on_configure``), not at import, so a process can set its
+environment before touching the app. Importing this module connects the failed-job bridge
+receivers, so they exist in the worker's main process and in every pool child.
+
+Delivery semantics, chosen deliberately:
+
+- ``acks_late``: a message is acknowledged only after its task ended, so a message whose
+  whole worker vanished (host crash, OOM of the main process) is delivered again. The
+  redelivery cannot run the body twice: the task-start CAS on the run's attempt count
+  refuses it (``Ignore``), and the run is then ended truthfully by the reconciler once
+  it stops heartbeating.
+- ``reject_on_worker_lost = False``: when only a pool child dies, requeueing would
+  swallow ``task_failure`` and the redelivery would be refused as a duplicate -- the run
+  would sit ``running`` until the reconciler. Acknowledging instead lets the bridge record
+  ``run.worker_lost`` at once.
+- ``worker_prefetch_multiplier = 1``: operations are long; a worker must not hoard
+  messages that an idle worker could start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from worker.lifecycle.policy import LifecyclePolicy
+from worker.runtime import current_policy, tick_limits
+from worker.settings import Settings, get_settings
+
+RECONCILE_TASK = "runwarden.reconcile_operation_runs"
+SCHEDULED_RECONCILE_TASK = "runwarden.reconcile_scheduled"
+BEAT_ENTRY = "reconcile-operation-runs"
+
+app = Celery("runwarden")
+
+
+def build_config(settings: Settings, policy: LifecyclePolicy) -> dict[str, Any]:
+    """The Celery configuration for ``settings`` and ``policy``."""
+    limits = tick_limits(policy.interval_seconds)
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "result_backend": settings.resolved_result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "imports": ("worker.tasks", *settings.imports),
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        # Reconcile results are read by whoever asked; nobody reads them after an hour.
+        "result_expires": 3600,
+        # The run row is the result of an operation; never keep raw exception text around.
+        "task_store_errors_even_if_ignored": False,
+        # A dead broker must fail a publish within seconds (dispatch then records
+        # run.dispatch_failed) instead of hanging the caller.
+        "broker_connection_timeout": 4,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": True,
+        "worker_send_task_events": False,
+        "task_annotations": {
+            SCHEDULED_RECONCILE_TASK: {
+                "soft_time_limit": limits.soft_time_limit_seconds,
+                "time_limit": limits.hard_time_limit_seconds,
+            },
+        },
+        "beat_schedule": {
+            BEAT_ENTRY: {
+                "task": SCHEDULED_RECONCILE_TASK,
+                "schedule": float(policy.interval_seconds),
+                # A tick that waited a whole interval is superseded by the next one:
+                # while workers are down, ticks must not pile up in the queue.
+                "options": {"expires": float(policy.interval_seconds)},
+            }
+        },
+    }
+
+
+def _configure(sender: Celery, **_: Any) -> None:
+    # Runs once, when Celery first reads its configuration. Values set on app.conf
+    # before that (tests, embedding applications) take precedence over these.
+    sender.config_from_object(build_config(get_settings(), current_policy()))
+
+
+def _setup_logger(logger: Any, **_: Any) -> None:
+    from worker.logs import configure_handlers
+
+    configure_handlers(logger, log_format=get_settings().log_format)
+
+
+def _setup_task_logger(logger: Any, **_: Any) -> None:
+    from worker.logs import configure_handlers
+
+    configure_handlers(logger, log_format=get_settings().log_format)
+
+
+app.on_configure.connect(_configure, weak=False)
+signals.after_setup_logger.connect(_setup_logger, weak=False)
+signals.after_setup_task_logger.connect(_setup_task_logger, weak=False)
+
+# Connect the failed-job bridge now, in whichever process imported the app.
+from worker import bridge as _bridge  # noqa: E402
+
+_bridge.connect()

@@ -1,0 +1,115 @@
+"""May this delivery execute its run's body? The guard every operation task passes first.
+
+One short write transaction: evaluate the legitimacy gate, then move the run to
+``running`` by compare-and-set on its attempt count. The CAS is what makes delivery
+"at least once" safe: a message redelivered after a crash, or published twice, finds its
+attempt already started and loses, so a body never runs twice for one attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from models import OperationRun
+from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGate
+from worker.lifecycle.reasons import ReasonCode
+from worker.lifecycle.transitions import block, mark_running
+
+GATE_SOURCE = "legitimacy_gate"
+
+
+class StartDecision(StrEnum):
+    STARTED = "started"
+    #: the gate refused: the run completed as blocked with the gate's reason.
+    BLOCKED = "blocked"
+    #: the run had already ended (reconciled while its message waited, cancelled, ...).
+    ALREADY_TERMINAL = "already_terminal"
+    #: this attempt is already running under another delivery of the same message.
+    DUPLICATE = "duplicate"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    """The run as its body sees it."""
+
+    id: int
+    type: str
+    workspace_id: int
+    tenant_id: int | None
+    user_id: int | None
+    inputs: dict[str, Any]
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStart:
+    decision: StartDecision
+    run: StartedRun | None = None
+    legitimacy: LegitimacyResult | None = None
+    reason_code: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def started(self) -> bool:
+        return self.decision is StartDecision.STARTED
+
+
+def start_execution(
+    session: Session,
+    run_id: int,
+    *,
+    gate: QueuedExecutionLegitimacyGate,
+    retries: int,
+    now: datetime,
+    evidence: Mapping[str, Any] | None = None,
+) -> ExecutionStart:
+    """Decide whether delivery number ``retries`` of ``run_id`` runs the body.
+
+    Must run in a write transaction (:func:`worker.db.write_session`): the block and the
+    CAS are committed with it.
+    """
+    run = session.get(OperationRun, run_id)
+    if run is None:
+        return ExecutionStart(StartDecision.MISSING)
+    verdict = gate.evaluate(session, run)
+    if not verdict.allowed:
+        reason = verdict.reason_code
+        if reason is None or reason == ReasonCode.EXECUTION_RUN_TERMINAL:
+            # Ended while the message waited: whatever ended it already told the truth.
+            return ExecutionStart(
+                StartDecision.ALREADY_TERMINAL, legitimacy=verdict, reason_code=reason
+            )
+        won = block(
+            session,
+            run_id,
+            reason_code=reason,
+            source=GATE_SOURCE,
+            evidence={**dict(evidence or {}), "execution_legitimacy": verdict.to_dict()},
+            now=now,
+        )
+        decision = StartDecision.BLOCKED if won else StartDecision.ALREADY_TERMINAL
+        return ExecutionStart(decision, legitimacy=verdict, reason_code=reason)
+    inputs = (run.context or {}).get("inputs") or {}
+    snapshot = StartedRun(
+        id=run.id,
+        type=run.type,
+        workspace_id=run.workspace_id,
+        tenant_id=run.tenant_id,
+        user_id=run.user_id,
+        inputs=dict(inputs) if isinstance(inputs, Mapping) else {},
+        attempt=retries + 1,
+    )
+    if not mark_running(session, run_id, retries=retries, now=now):
+        return ExecutionStart(
+            StartDecision.DUPLICATE,
+            legitimacy=verdict,
+            details={"status": run.status, "attempts": run.attempts, "retries": retries},
+        )
+    return ExecutionStart(StartDecision.STARTED, run=snapshot, legitimacy=verdict)

@@ -1,0 +1,291 @@
+"""Celery tasks: on-demand and scheduled reconciliation, and the base for operation tasks.
+
+Thin shells: every decision is a call into :mod:`worker.lifecycle`.
+
+Application code declares operations with :func:`operation`::
+
+    @operation("inventory.sync")
+    def inventory_sync(run: RunContext, **inputs) -> OperationResult | None:
+        run.heartbeat()
+        return OperationResult(outcome="succeeded", summary_counts={"items": 3})
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from models import RunOutcome, utcnow
+from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app
+from worker.db import get_engine, write_session
+from worker.errors import RunwardenError
+from worker.lifecycle.execution import StartDecision, start_execution
+from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
+from worker.lifecycle.reconciler import (
+    ON_DEMAND_SOURCE,
+    SCHEDULED_SOURCE,
+    OperationLifecycleReconciler,
+    ReconcileOptions,
+)
+from worker.lifecycle.transitions import heartbeat as heartbeat_transition
+from worker.locks import RECONCILE_LOCK_KEY, RedisLock, redis_client
+from worker.runtime import current_policy, tick_limits
+from worker.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+OPERATION_TASK_PREFIX = "operations."
+
+_TASK_OUTCOMES = frozenset(
+    {RunOutcome.SUCCEEDED, RunOutcome.PARTIALLY_SUCCEEDED, RunOutcome.FAILED}
+)
+
+
+# -- operation tasks ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """What a body reports; returning ``None`` means succeeded with no counts."""
+
+    outcome: RunOutcome | str = RunOutcome.SUCCEEDED
+    summary_counts: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        outcome = RunOutcome(self.outcome)
+        # blocked/cancelled are decided by runwarden, never claimed by a body.
+        if outcome not in _TASK_OUTCOMES:
+            raise ValueError(
+                f"an operation ends as succeeded, partially_succeeded or failed, not {outcome}"
+            )
+        object.__setattr__(self, "outcome", outcome)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outcome": str(self.outcome), "summary_counts": dict(self.summary_counts)}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run as a body sees it."""
+
+    id: int
+    type: str
+    workspace_id: int
+    tenant_id: int | None
+    user_id: int | None
+    inputs: dict[str, Any]
+    attempt: int
+    _task: OperationTask = field(repr=False, compare=False)
+
+    def heartbeat(self) -> bool:
+        """Record that the run is alive; False means it ended meanwhile (stop working)."""
+        with write_session() as session:
+            return heartbeat_transition(session, self.id, now=utcnow())
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Any:
+        """Retry this attempt later (raises Celery's ``Retry``)."""
+        return self._task.retry(exc=exc, countdown=countdown)
+
+
+OperationBody = Callable[..., "OperationResult | None"]
+
+
+def _facts(task: Task) -> dict[str, Any]:
+    request = task.request
+    return {
+        "celery_task_id": request.id,
+        "task_name": task.name,
+        "retries": request.retries,
+        "hostname": request.hostname or socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
+    """Base of every operation task: guards the start, runs the body, reports its result.
+
+    ``typing = False``: the body's signature ``(run, **inputs)`` is not the message's
+    (``operation_run_id=``). ``ignore_result``: the run row is the result; a SUCCESS stored
+    under the shared task id would make Celery take a later redelivery's death for
+    "succeeded before the worker was lost" and skip ``task_failure``.
+    """
+
+    typing = False
+    ignore_result = True
+    acks_late = True
+    reject_on_worker_lost = False
+    operation_type: str = ""
+    body: OperationBody | None = None
+
+    def execute_operation(self, operation_run_id: int) -> dict[str, Any]:
+        if self.body is None:  # pragma: no cover - operation() always sets it
+            raise RuntimeError(f"{self.name} has no body")
+        gate = QueuedExecutionLegitimacyGate(current_policy())
+        with write_session() as session:
+            start = start_execution(
+                session,
+                int(operation_run_id),
+                gate=gate,
+                retries=int(self.request.retries or 0),
+                now=utcnow(),
+                evidence=_facts(self),
+            )
+        if not start.started or start.run is None:
+            level = logging.INFO if start.decision is StartDecision.BLOCKED else logging.WARNING
+            logger.log(
+                level,
+                "operation run %s not executed: %s",
+                operation_run_id,
+                start.decision.value,
+                extra={
+                    "operation_run_id": operation_run_id,
+                    "decision": start.decision.value,
+                    "reason_code": start.reason_code,
+                    "celery_task_id": self.request.id,
+                },
+            )
+            # Ignore: no result, no task_success/task_failure, message acknowledged.
+            raise Ignore()
+        run = start.run
+        context = RunContext(
+            id=run.id,
+            type=run.type,
+            workspace_id=run.workspace_id,
+            tenant_id=run.tenant_id,
+            user_id=run.user_id,
+            inputs=run.inputs,
+            attempt=run.attempt,
+            _task=self,
+        )
+        returned = self.body(context, **run.inputs)
+        if returned is None:
+            returned = OperationResult()
+        if not isinstance(returned, OperationResult):
+            raise TypeError(
+                f"operation {self.operation_type!r} returned {type(returned).__name__}; "
+                "return an OperationResult or None"
+            )
+        # task_success (worker/bridge.py) completes the run with this.
+        return {"operation_run_id": run.id, **returned.to_dict()}
+
+
+def operation(type_name: str, **task_options: Any) -> Callable[[OperationBody], Any]:
+    """Declare ``body`` as the task of run type ``type_name`` (``operations.<type>``).
+
+    ``task_options`` are Celery task options (``time_limit``, ``autoretry_for``,
+    ``max_retries``, ``default_retry_delay``...).
+    """
+    if not type_name or not type_name.strip():
+        raise ValueError("an operation needs a run type name")
+
+    def decorate(body: OperationBody) -> Any:
+        @functools.wraps(body)
+        def run(task: OperationTask, operation_run_id: int, **_: Any) -> dict[str, Any]:
+            return task.execute_operation(operation_run_id)
+
+        return app.task(
+            name=f"{OPERATION_TASK_PREFIX}{type_name}",
+            base=OperationTask,
+            bind=True,
+            operation_type=type_name,
+            body=staticmethod(body),
+            **task_options,
+        )(run)
+
+    return decorate
+
+
+# -- reconciliation ----------------------------------------------------------------------
+
+
+def _error_result(exc: RunwardenError) -> dict[str, Any]:
+    return {"error": {"type": type(exc).__name__, "message": exc.message}}
+
+
+@app.task(name=RECONCILE_TASK, typing=False, ignore_result=False)  # type: ignore[untyped-decorator]
+def reconcile_operation_runs(
+    types: list[str] | None = None,
+    tenant_ids: list[int] | None = None,
+    workspace_ids: list[int] | None = None,
+    limit: int | None = None,
+    dry_run: bool = False,
+    **unknown: Any,
+) -> dict[str, Any]:
+    """One on-demand pass; returns the contract result, or ``{"error": ...}`` for bad
+    kwargs (validated before anything is read or written)."""
+    try:
+        if unknown:
+            from worker.errors import InvalidOptionsError
+
+            names = ", ".join(sorted(unknown))
+            raise InvalidOptionsError(f"invalid reconcile option {names}: unknown option")
+        options = ReconcileOptions(
+            types=types,
+            tenant_ids=tenant_ids if tenant_ids is not None else [],
+            workspace_ids=workspace_ids if workspace_ids is not None else [],
+            limit=limit,
+            dry_run=dry_run,
+            source=ON_DEMAND_SOURCE,
+        )
+        reconciler = OperationLifecycleReconciler(current_policy())
+        result = reconciler.reconcile(get_engine(), options)
+    except RunwardenError as exc:
+        logger.warning("on-demand reconcile refused: %s", exc.message)
+        return _error_result(exc)
+    return result.to_dict()
+
+
+@app.task(name=SCHEDULED_RECONCILE_TASK, ignore_result=False)  # type: ignore[untyped-decorator]
+def reconcile_scheduled() -> dict[str, Any]:
+    """The beat tick: drain stale runs within a time budget, one tick at a time."""
+    policy = current_policy()
+    limits = tick_limits(policy.interval_seconds)
+    lock = RedisLock(
+        redis_client(get_settings().resolved_broker_url),
+        RECONCILE_LOCK_KEY,
+        ttl_seconds=limits.lock_ttl_seconds,
+    )
+    started = time.monotonic()
+    if not lock.acquire():
+        logger.info(
+            "reconcile tick skipped: another tick holds the lock",
+            extra={"source": SCHEDULED_SOURCE, "skipped_reason": "locked"},
+        )
+        return {"skipped_reason": "locked"}
+    try:
+        reconciler = OperationLifecycleReconciler(policy)
+        result = reconciler.drain(
+            get_engine(),
+            ReconcileOptions(source=SCHEDULED_SOURCE),
+            budget_seconds=limits.budget_seconds,
+        )
+    finally:
+        lock.release()
+    duration_ms = int((time.monotonic() - started) * 1000)
+    summary = {
+        "passes": result.passes,
+        "candidates": result.candidates,
+        "reconciled": result.reconciled,
+        "skipped": result.skipped,
+        "duration_ms": duration_ms,
+    }
+    logger.info(
+        "reconcile tick: passes=%d candidates=%d reconciled=%d skipped=%d duration_ms=%d",
+        result.passes,
+        result.candidates,
+        result.reconciled,
+        result.skipped,
+        duration_ms,
+        extra={"source": SCHEDULED_SOURCE, **summary},
+    )
+    applied = [change.operation_run_id for change in result.changes if change.applied]
+    return {**summary, "reconciled_run_ids": applied}
