@@ -127,7 +127,7 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN k.kind IN ('fresh_running', 'fresh_queued') THEN now()
                 WHEN k.kind = 'done' THEN now() - interval '30 days' + i * interval '1 second'
                 ELSE now() - interval '5 hours' END AS created) AS t;
-SELECT setval(pg_get_serial_sequence('operation_runs', 'id'), {total});
+SELECT setval(pg_get_serial_sequence('operation_runs', 'id'), {total} + 1, false);
 """
 
 DRAIN_KIND = """CASE WHEN i % 9 = 0 THEN 'stale'

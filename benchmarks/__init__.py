@@ -1,0 +1,1 @@
+"""runwarden benchmarks: `make bench` (= `python -m benchmarks`); see RESULTS.md."""
