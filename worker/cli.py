@@ -244,5 +244,36 @@ def explain(run_id: int, as_json: bool) -> None:
         click.echo(json.dumps(data["reconciliation"], indent=2))
 
 
+@main.command()
+@click.option(
+    "-c", "--concurrency", type=click.IntRange(min=1), help="Pool processes (default: CPUs)."
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Worker log level (default: RUNWARDEN_LOG_LEVEL).",
+)
+def up(concurrency: int | None, loglevel: str | None) -> None:
+    """Run the service: migrate, embedded Redis if no broker is set, worker + beat.
+
+    Stops everything it started on Ctrl-C or SIGTERM.
+    """
+    from worker.logs import configure_root
+    from worker.service import run_up
+
+    settings = get_settings()
+    configure_root(log_format=settings.log_format, level=settings.log_level)
+    sys.exit(run_up(settings, concurrency=concurrency, loglevel=loglevel))
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the demo's var dir (database, logs).")
+def demo(keep: bool) -> None:
+    """The whole lifecycle end to end on the embedded default, in under a minute."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(keep=keep, echo=click.echo))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,170 @@
+"""``runwarden up``: migrate, start the embedded Redis if no broker is set, then a prefork
+worker with embedded beat -- and stop all of it on SIGINT/SIGTERM, leaving no orphans.
+
+Children run in their own sessions, so a Ctrl-C in the terminal reaches only ``up``, which
+then stops them in order: the worker first (warm shutdown: running tasks finish, up to a
+timeout), then whatever is left of its process group (pool children, the beat process),
+then the broker it was using. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from worker.db import describe_url
+from worker.embedded import EmbeddedRedis
+from worker.migrate import upgrade
+from worker.procs import parent_death_signal
+from worker.runtime import current_policy
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: How long a warm shutdown may take before the worker's process group is killed.
+DEFAULT_STOP_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class Service:
+    settings: Settings
+    concurrency: int | None = None
+    loglevel: str | None = None
+    stop_timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS
+    #: Where the worker's output goes (default: this process's stdout/stderr).
+    log_file: Path | None = None
+    redis: EmbeddedRedis | None = field(default=None, init=False)
+    worker: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def worker_argv(self) -> list[str]:
+        var_dir = self.settings.var_dir.resolve()
+        argv = [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "-P", "prefork",
+            "-B", "-s", str(var_dir / "celerybeat-schedule"),
+            "--loglevel", self.loglevel or self.settings.log_level,
+        ]  # fmt: skip
+        if self.concurrency:
+            argv += ["-c", str(self.concurrency)]
+        return argv
+
+    def start(self) -> Service:
+        settings = self.settings
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        database_url = settings.resolved_database_url
+        upgrade(database_url)
+        policy = current_policy()  # a bad policy stops start-up here, with its key named
+        logger.info(
+            "database %s migrated; policy %s covers %d types, reconciling every %d s",
+            describe_url(database_url),
+            policy.source,
+            len(policy.types),
+            policy.interval_seconds,
+        )
+        if not settings.broker_url:
+            self.redis = EmbeddedRedis(settings.embedded_redis_socket, data_dir=settings.var_dir)
+            self.redis.start()
+            logger.info("embedded Redis listening on %s", settings.embedded_redis_socket)
+        output = self.log_file.open("ab") if self.log_file else None
+        try:
+            self.worker = subprocess.Popen(
+                self.worker_argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                start_new_session=True,
+                preexec_fn=parent_death_signal(signal.SIGTERM),  # noqa: PLW1509 - single-threaded
+                env={**os.environ, "RUNWARDEN_VAR_DIR": str(settings.var_dir.resolve())},
+            )
+        except BaseException:
+            self._stop_redis()
+            raise
+        finally:
+            if output is not None:
+                output.close()
+        logger.info("worker with embedded beat started (pid %d)", self.worker.pid)
+        return self
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def kill_worker(self) -> None:
+        """Cold stop: SIGKILL the worker's whole process group now."""
+        worker = self.worker
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        """Block until the worker exits or a stop is requested; then stop everything."""
+        worker = self.worker
+        assert worker is not None, "start() first"
+        while worker.poll() is None and not self._stopping.wait(0.2):
+            pass
+        return self.stop()
+
+    def stop(self) -> int:
+        """Stop the worker (and its process group), then the embedded Redis. Idempotent."""
+        code = 0
+        worker = self.worker
+        if worker is not None:
+            if worker.poll() is None:
+                logger.info("stopping the worker (warm shutdown)")
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(self.stop_timeout_seconds)
+                except subprocess.TimeoutExpired:
+                    logger.warning(
+                        "the worker did not stop within %.0f s; killing it",
+                        self.stop_timeout_seconds,
+                    )
+            # Whatever is left in its group (pool children, beat) goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            returncode = worker.wait()
+            # A worker stopped by our SIGTERM exits 0 (or -SIGTERM); anything else is its own.
+            code = 0 if returncode in (0, -signal.SIGTERM) else returncode
+            self.worker = None
+        self._stop_redis()
+        return code
+
+    def _stop_redis(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+
+def run_up(
+    settings: Settings, *, concurrency: int | None = None, loglevel: str | None = None
+) -> int:
+    """The ``up`` command: run until SIGINT/SIGTERM or until the worker exits."""
+    service = Service(settings, concurrency=concurrency, loglevel=loglevel)
+    signals_seen = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        logger.info("received %s; shutting down", signal.Signals(signum).name)
+        if signals_seen > 1:
+            service.kill_worker()  # impatient: skip the warm shutdown
+        service.request_stop()
+
+    previous = {
+        signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        service.start()
+        return service.wait()
+    finally:
+        service.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
