@@ -1,0 +1,68 @@
+"""Pure parts of the failed-job bridge and the app configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+
+from worker.celery_app import BEAT_ENTRY, SCHEDULED_RECONCILE_TASK, build_config
+from worker.embedded import EmbeddedRedis
+from worker.errors import ConfigurationError
+from worker.lifecycle.bridge_mapping import exception_evidence, reason_for_exception
+from worker.lifecycle.policy import parse_policy
+from worker.lifecycle.reasons import ReasonCode
+from worker.runtime import tick_limits
+from worker.settings import Settings
+
+
+class AppError(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."), ReasonCode.WORKER_LOST),
+        (TimeLimitExceeded(2.0), ReasonCode.TIME_LIMIT_EXCEEDED),
+        (AppError("boom"), ReasonCode.JOB_FAILED),
+        (KeyError("x"), ReasonCode.JOB_FAILED),
+    ],
+)
+def test_reason_for_exception(exc: BaseException, reason: ReasonCode) -> None:
+    assert reason_for_exception(exc) is reason
+
+
+def test_exception_evidence__scrubbed_then_truncated() -> None:
+    message = "redis://:sekret@cache:6379/0 " + "x" * 5000
+    evidence = exception_evidence(AppError(message))
+    assert evidence["exception_type"] == "AppError"
+    assert "sekret" not in evidence["exception_message"]
+    assert len(evidence["exception_message"]) <= 1000
+
+
+def test_build_config__beat_tick_expires_and_lock_outlives_hard_limit() -> None:
+    policy = parse_policy("[reconciliation]\ninterval_seconds = 60\n")
+    config = build_config(Settings(broker_url="redis://h:6379/0"), policy)
+
+    entry = config["beat_schedule"][BEAT_ENTRY]
+    assert entry["task"] == SCHEDULED_RECONCILE_TASK
+    assert entry["schedule"] == 60.0
+    assert entry["options"]["expires"] == 60.0
+    limits = tick_limits(60)
+    assert config["task_annotations"][SCHEDULED_RECONCILE_TASK]["time_limit"] == (
+        limits.hard_time_limit_seconds
+    )
+    assert limits.budget_seconds < 60 < limits.lock_ttl_seconds
+    assert limits.lock_ttl_seconds > limits.hard_time_limit_seconds
+    assert config["task_serializer"] == "json"
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is False
+    assert config["imports"][0] == "worker.tasks"
+
+
+def test_embedded_redis__socket_path_too_long__clear_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    with pytest.raises(ConfigurationError, match="107"):
+        EmbeddedRedis(deep / "redis.sock", data_dir=deep).start()
