@@ -27,7 +27,8 @@ from celery.exceptions import Ignore
 from models import RunOutcome, utcnow
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app
 from worker.db import get_engine, write_session
-from worker.errors import RunwardenError
+from worker.errors import InvalidOptionsError, RunwardenError
+from worker.lifecycle.bridge_mapping import TaskFacts
 from worker.lifecycle.execution import StartDecision, start_execution
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.reconciler import (
@@ -99,15 +100,15 @@ class RunContext:
 OperationBody = Callable[..., "OperationResult | None"]
 
 
-def _facts(task: Task) -> dict[str, Any]:
+def _facts(task: Task) -> TaskFacts:
     request = task.request
-    return {
-        "celery_task_id": request.id,
-        "task_name": task.name,
-        "retries": request.retries,
-        "hostname": request.hostname or socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    return TaskFacts(
+        celery_task_id=str(request.id),
+        task_name=task.name,
+        retries=int(request.retries or 0),
+        hostname=request.hostname or socket.gethostname(),
+        pid=os.getpid(),
+    )
 
 
 class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
@@ -137,7 +138,7 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
                 gate=gate,
                 retries=int(self.request.retries or 0),
                 now=utcnow(),
-                evidence=_facts(self),
+                evidence=_facts(self).to_dict(),
             )
         if not start.started or start.run is None:
             level = logging.INFO if start.decision is StartDecision.BLOCKED else logging.WARNING
@@ -224,8 +225,6 @@ def reconcile_operation_runs(
     kwargs (validated before anything is read or written)."""
     try:
         if unknown:
-            from worker.errors import InvalidOptionsError
-
             names = ", ".join(sorted(unknown))
             raise InvalidOptionsError(f"invalid reconcile option {names}: unknown option")
         options = ReconcileOptions(
