@@ -5,13 +5,15 @@ It does the work of ``runwarden reconcile --drain --json`` and nothing less, so 
 benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
 
 * the stale scan over the partial index ``ix_operation_runs_active_scan`` (status written
-  as literals: a bound status list would not match the index predicate), oldest id first,
-  ``FOR UPDATE SKIP LOCKED``;
+  as literals: a bound status list would not match the index predicate), in the index's
+  order (type, status, oldest first), ``FOR UPDATE SKIP LOCKED``. Not ``ORDER BY id``: on
+  450,000 runs the planner then prefers walking the primary key, filtering out every run
+  already completed, and a pass grows from 4 ms to 110 ms as the drain advances;
 * the legitimacy inputs (tenant and user joined) and the full evidence;
 * the conditional UPDATE writing ``context.reconciliation`` and one failure entry;
 * one audit row per run;
 * every change object built in the same statement and printed as one JSON document with
-  the sums and ``passes``.
+  the sums and ``passes`` (streamed pass by pass: the changes first, then the sums).
 
 Reads ``RUNWARDEN_DATABASE_URL`` and ``RUNWARDEN_POLICY_FILE`` like runwarden does.
 Usage: ``python benchmarks/floor_drain.py [--limit 500] [--source on_demand_reconciler]``.
@@ -48,7 +50,9 @@ candidates AS (
                THEN r.created_at < %(now)s - make_interval(secs => p.queued_s)
                ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
                     < %(now)s - make_interval(secs => p.running_s) END
-    ORDER BY r.id
+    -- The partial index's own order: ORDER BY id would let the planner walk the primary
+    -- key past every completed run (the cost grows with each pass of a drain).
+    ORDER BY r.type, r.status, r.created_at
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
 ),
@@ -176,7 +180,10 @@ def main() -> int:
     policy = json.dumps(policy_rows(os.environ["RUNWARDEN_POLICY_FILE"]))
 
     candidates = reconciled = passes = 0
-    chunks: list[str] = []
+    out = sys.stdout
+    # Streamed: each pass's changes are written as they come, the sums after them, so the
+    # process never holds the whole backlog.
+    out.write('{"changes": [')
     with psycopg.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
         while True:
             # One statement, one transaction per pass.
@@ -190,17 +197,16 @@ def main() -> int:
             assert row is not None
             passes += 1
             candidates += int(row[0])
-            reconciled += int(row[1])
             if row[2]:
-                chunks.append(row[2][1:-1])  # the pass's changes, without the brackets
+                out.write("," if reconciled else "")
+                out.write(row[2][1:-1])  # the pass's changes, without the brackets
+            reconciled += int(row[1])
             if not row[1]:
                 break
-    sys.stdout.write(
-        f'{{"candidates": {candidates}, "reconciled": {reconciled}, '
-        f'"skipped": {candidates - reconciled}, "passes": {passes}, "changes": ['
+    out.write(
+        f'], "candidates": {candidates}, "reconciled": {reconciled}, '
+        f'"skipped": {candidates - reconciled}, "passes": {passes}}}\n'
     )
-    sys.stdout.write(",".join(chunks))
-    sys.stdout.write("]}\n")
     return 0
 
 
