@@ -160,6 +160,13 @@ def summary(result: Result) -> list[str]:
         "EXPLAIN (ANALYZE, BUFFERS) of runwarden's scan on the large database:",
         *("    " + line for line in str(f["explain_analyze"]).splitlines()),
         "auto_explain of a prepared execution under plan_cache_mode = force_generic_plan:",
-        *("    " + line for line in str(f["generic_plan"]).splitlines()),
+        *("    " + line for line in _plan_only(str(f["generic_plan"]))),
     ]
     return lines
+
+
+def _plan_only(entry: str) -> list[str]:
+    """The plan of an auto_explain log entry, without the log prefix and query text."""
+    lines = entry.splitlines()
+    start = next((i for i, line in enumerate(lines) if "(cost=" in line), 0)
+    return [line.removeprefix("\t") for line in lines[start:]]
