@@ -25,25 +25,23 @@ def _racer(url: str, worker: int, run_ids: list[int], queue: multiprocessing.Que
     order = run_ids[:]
     rng.shuffle(order)
     try:
-        for start in range(0, len(order), 25):
-            chunk = order[start : start + 25]
-            with write_session(engine) as session:
-                if worker == 0:
-                    # This process plays the tasks finishing on their own.
-                    for run_id in chunk:
-                        if t.complete(session, run_id, outcome=RunOutcome.SUCCEEDED, now=utcnow()):
-                            won.append((run_id, "succeeded"))
-                else:
-                    batch = [
-                        t.forced_failure(
-                            run_id, reason_code=ReasonCode.STALE_RUNNING, source=f"r{worker}"
-                        )
-                        for run_id in chunk
-                    ]
-                    won.extend(
-                        (rid, "failed")
-                        for rid in t.apply_terminal_transitions(session, batch, now=utcnow())
-                    )
+        if worker == 0:
+            # This process plays the tasks finishing on their own: one run per transaction,
+            # as a task's completion is.
+            for run_id in order:
+                with write_session(engine) as session:
+                    if t.complete(session, run_id, outcome=RunOutcome.SUCCEEDED, now=utcnow()):
+                        won.append((run_id, "succeeded"))
+        else:
+            # Reconciler-like batches that overlap other processes' batches in random order.
+            for start in range(0, len(order), 25):
+                batch = [
+                    t.forced_failure(rid, reason_code=ReasonCode.STALE_RUNNING, source=f"r{worker}")
+                    for rid in order[start : start + 25]
+                ]
+                with write_session(engine) as session:
+                    winners = t.apply_terminal_transitions(session, batch, now=utcnow())
+                won.extend((rid, "failed") for rid in winners)
         queue.put(won)
     finally:
         engine.dispose()

@@ -114,7 +114,19 @@ def forced_failure(
     )
 
 
+# Rows are locked in id order first (a MATERIALIZED CTE with ORDER BY ... FOR UPDATE), so two
+# transactions writing overlapping batches queue on each other instead of deadlocking.
 _PG_TERMINAL_UPDATE = text(f"""
+WITH v AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+        id bigint, outcome text, expected_status text, record_key text,
+        record jsonb, failure jsonb, summary_counts jsonb)
+), locked AS MATERIALIZED (
+    SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
+    WHERE r.{NON_TERMINAL_SQL}
+    ORDER BY r.id
+    FOR UPDATE OF r
+)
 UPDATE operation_runs AS r SET
     status = 'completed',
     outcome = v.outcome,
@@ -125,9 +137,7 @@ UPDATE operation_runs AS r SET
     failure_summary = CASE WHEN v.failure IS NULL THEN r.failure_summary
                            ELSE r.failure_summary || jsonb_build_array(v.failure) END,
     summary_counts = COALESCE(v.summary_counts, r.summary_counts)
-FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
-    id bigint, outcome text, expected_status text, record_key text,
-    record jsonb, failure jsonb, summary_counts jsonb)
+FROM v JOIN locked ON locked.id = v.id
 WHERE r.id = v.id
   AND r.{NON_TERMINAL_SQL}
   AND (v.expected_status IS NULL OR r.status = v.expected_status)
