@@ -68,6 +68,8 @@ def build_engine(url: str, settings: Settings | None = None) -> Engine:
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 5
+        # Timestamps rendered by the database (evidence built in SQL) read as UTC.
+        connect_args["options"] = "-c TimeZone=UTC"
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 

@@ -114,3 +114,38 @@ class QueuedExecutionLegitimacyGate:
                 "type_covered": self._policy.supports(run.type),
             }
         )
+
+
+def legitimacy_sql(row: str, *, run: str, tenant: str, user: str) -> tuple[str, str]:
+    """The gate in SQL, for passes that assess in the database.
+
+    Returns ``(columns, result)``: ``columns`` are the check columns to select from
+    ``run`` LEFT JOINed with its ``tenant`` and ``user`` rows; ``result`` is the JSON of
+    :meth:`LegitimacyResult.to_dict` over a relation ``row`` holding those columns. The
+    rules are :meth:`QueuedExecutionLegitimacyGate._evaluate_with`'s, check for check
+    (a test holds the two to the same answers). Runs reaching it come from a scan of
+    non-terminal, covered runs, so those two checks hold by construction.
+    """
+    columns = ",\n".join(
+        (
+            "true AS run_non_terminal",
+            f"{run}.tenant_id IS NULL OR {tenant}.id IS NOT NULL AS tenant_exists",
+            f"{run}.tenant_id IS NULL OR COALESCE({tenant}.is_active, false) AS tenant_active",
+            f"{run}.tenant_id IS NULL OR COALESCE({tenant}.workspace_id = {run}.workspace_id,"
+            " false) AS tenant_in_workspace",
+            f"{run}.user_id IS NULL OR COALESCE({user}.is_active, false) AS user_active",
+            "true AS type_covered",
+        )
+    )
+    # Reason codes are this module's own constants, never outside input.
+    first_failed = (
+        "CASE "
+        + " ".join(f"WHEN NOT {row}.{name} THEN '{reason.value}'" for name, reason in _CHECKS)
+        + " END"
+    )
+    checks = ", ".join(f"'{name}', {row}.{name}" for name in CHECK_NAMES)
+    result = (
+        f"json_build_object('allowed', ({first_failed}) IS NULL, "
+        f"'reason_code', {first_failed}, 'checks', json_build_object({checks}))"
+    )
+    return columns, result

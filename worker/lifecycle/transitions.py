@@ -72,7 +72,13 @@ class TerminalTransition:
 
     def payload(self, now: datetime) -> dict[str, Any]:
         # Keys left out become SQL NULL in the recordset, meaning "leave that column alone".
-        row: dict[str, Any] = {"id": self.run_id, "outcome": self.outcome.value}
+        row: dict[str, Any] = {
+            "id": self.run_id,
+            "outcome": self.outcome.value,
+            "source": self.source,
+        }
+        if self.audit_action is not None:
+            row["audit_action"] = self.audit_action
         if self.expected_status is not None:
             row["expected_status"] = self.expected_status.value
         if self.record_key is not None:
@@ -114,35 +120,66 @@ def forced_failure(
     )
 
 
-# Rows are locked in id order first (a MATERIALIZED CTE with ORDER BY ... FOR UPDATE), so two
-# transactions writing overlapping batches queue on each other instead of deadlocking.
-_PG_TERMINAL_UPDATE = text(f"""
+# The PostgreSQL terminal write: one statement that locks, updates and audits.
+#
+# ``source`` is any relation with the columns id, outcome, expected_status, record_key,
+# record, failure, summary_counts, source, audit_action: a JSON payload for single runs and
+# the bridge, or the reconciler's own stale scan (which assesses in SQL). ``projection``
+# is the final SELECT over ``updated`` (and ``v``). Rows are locked in id order first (a
+# MATERIALIZED CTE with ORDER BY ... FOR UPDATE), so transactions writing overlapping
+# batches queue on each other instead of deadlocking; the status is then re-checked in
+# the UPDATE itself -- the compare-and-set.
+def pg_terminal_sql(source: str, projection: str) -> str:
+    return f"""
 WITH v AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
-        id bigint, outcome text, expected_status text, record_key text,
-        record jsonb, failure jsonb, summary_counts jsonb)
+{source}
 ), locked AS MATERIALIZED (
     SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
     WHERE r.{NON_TERMINAL_SQL}
     ORDER BY r.id
     FOR UPDATE OF r
+), updated AS (
+    UPDATE operation_runs AS r SET
+        status = 'completed',
+        outcome = v.outcome,
+        completed_at = :now,
+        updated_at = :now,
+        context = CASE WHEN v.record_key IS NULL THEN r.context
+                       ELSE jsonb_set(r.context, ARRAY[v.record_key], v.record) END,
+        failure_summary = CASE WHEN v.failure IS NULL THEN r.failure_summary
+                               ELSE r.failure_summary || jsonb_build_array(v.failure) END,
+        summary_counts = COALESCE(v.summary_counts, r.summary_counts)
+    FROM v JOIN locked ON locked.id = v.id
+    WHERE r.id = v.id
+      AND r.{NON_TERMINAL_SQL}
+      AND (v.expected_status IS NULL OR r.status = v.expected_status)
+    RETURNING r.id, r.workspace_id, r.tenant_id
+), audited AS (
+    INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
+                            resource_type, resource_id, metadata, recorded_at)
+    SELECT u.workspace_id, u.tenant_id, 'system', v.source, v.audit_action,
+           'operation_run', u.id::text,
+           jsonb_build_object('reason_code', v.record -> 'reason_code',
+                              'reason_message', v.record -> 'reason_message',
+                              'source', v.source,
+                              'outcome', v.outcome,
+                              'evidence', v.record -> 'evidence'),
+           :now
+    FROM updated AS u JOIN v ON v.id = u.id
+    WHERE v.audit_action IS NOT NULL
 )
-UPDATE operation_runs AS r SET
-    status = 'completed',
-    outcome = v.outcome,
-    completed_at = :now,
-    updated_at = :now,
-    context = CASE WHEN v.record_key IS NULL THEN r.context
-                   ELSE jsonb_set(r.context, ARRAY[v.record_key], v.record) END,
-    failure_summary = CASE WHEN v.failure IS NULL THEN r.failure_summary
-                           ELSE r.failure_summary || jsonb_build_array(v.failure) END,
-    summary_counts = COALESCE(v.summary_counts, r.summary_counts)
-FROM v JOIN locked ON locked.id = v.id
-WHERE r.id = v.id
-  AND r.{NON_TERMINAL_SQL}
-  AND (v.expected_status IS NULL OR r.status = v.expected_status)
-RETURNING r.id, r.workspace_id, r.tenant_id
-""").bindparams(bindparam("now", type_=UtcDateTime()), bindparam("payload", type_=String()))
+{projection}
+"""
+
+
+_PG_TERMINAL_UPDATE = text(
+    pg_terminal_sql(
+        source="""    SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+        id bigint, outcome text, expected_status text, record_key text, record jsonb,
+        failure jsonb, summary_counts jsonb, source text, audit_action text)""",
+        projection="SELECT u.id, u.workspace_id, u.tenant_id FROM updated AS u",
+    )
+).bindparams(bindparam("now", type_=UtcDateTime()), bindparam("payload", type_=String()))
 
 _SQLITE_TERMINAL_UPDATE = text(f"""
 UPDATE operation_runs SET
@@ -188,23 +225,23 @@ def apply_terminal_transitions(
         by_id.setdefault(transition.run_id, transition)  # first claim on a run wins
     if not by_id:
         return []
-    statement = (
-        _SQLITE_TERMINAL_UPDATE
-        if session.get_bind().dialect.name == "sqlite"
-        else _PG_TERMINAL_UPDATE
-    )
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    statement = _SQLITE_TERMINAL_UPDATE if sqlite else _PG_TERMINAL_UPDATE
     payload = dumps([t.payload(now) for t in by_id.values()])
     won = {
         int(row.id): (row.workspace_id, row.tenant_id)
         for row in session.execute(statement, {"now": now, "payload": payload})
     }
-    audit_rows = [
-        _audit_row(transition, won[run_id], now)
-        for run_id, transition in by_id.items()
-        if run_id in won and transition.audit_action is not None
-    ]
-    if audit_rows:
-        session.execute(insert(AuditLog), audit_rows)
+    if sqlite:
+        # SQLite has no INSERT inside a WITH of an UPDATE: the audit rows are a second
+        # statement in the same transaction (PostgreSQL wrote them in the one above).
+        audit_rows = [
+            _audit_row(transition, won[run_id], now)
+            for run_id, transition in by_id.items()
+            if run_id in won and transition.audit_action is not None
+        ]
+        if audit_rows:
+            session.execute(insert(AuditLog), audit_rows)
     return [run_id for run_id in by_id if run_id in won]
 
 
