@@ -13,7 +13,9 @@ from worker.errors import RunwardenError
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
-    from worker.lifecycle.reconciler import OperationLifecycleReconciler
+    from sqlalchemy import Engine
+
+    from worker.lifecycle.reconciler import OperationLifecycleReconciler, ReconcileOptions
 
 
 class RunwardenGroup(click.Group):
@@ -69,6 +71,30 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
+def _stream_drain_json(
+    reconciler: OperationLifecycleReconciler, engine: Engine, options: ReconcileOptions
+) -> None:
+    """``reconcile --drain --json``: one JSON object, written pass by pass -- the changes
+    first, the sums and ``passes`` after them -- so a backlog of any size drains in
+    constant memory. Each pass is committed before its changes are written."""
+    out = sys.stdout
+    candidates = reconciled = skipped = passes = 0
+    out.write('{"changes": [')
+    for result in reconciler.iter_passes(engine, options):
+        passes += 1
+        candidates += result.candidates
+        skipped += result.skipped
+        items = result.changes_json_items()
+        if items:
+            out.write(("," if reconciled else "") + items)
+        reconciled += result.reconciled
+    out.write(
+        f'], "candidates": {candidates}, "reconciled": {reconciled}, '
+        f'"skipped": {skipped}, "passes": {passes}}}\n'
+    )
+    out.flush()
+
+
 def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for line in (headers, *rows):
@@ -109,6 +135,9 @@ def reconcile(
     )
     reconciler = _reconciler()
     engine = get_engine()
+    if drain and as_json:
+        _stream_drain_json(reconciler, engine, options)
+        return
     result = reconciler.drain(engine, options) if drain else reconciler.reconcile(engine, options)
     if as_json:
         _print_json(result.to_dict())
