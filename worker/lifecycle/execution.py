@@ -14,10 +14,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import OperationRun
-from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGate
+from models import OperationRun, Tenant, User
+from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGate, TenantFacts
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.transitions import block, mark_running
 
@@ -75,10 +76,22 @@ def start_execution(
     Must run in a write transaction (:func:`worker.db.write_session`): the block and the
     CAS are committed with it.
     """
-    run = session.get(OperationRun, run_id)
-    if run is None:
+    # One query for the run and every gate input: this runs before every task body.
+    row = session.execute(
+        select(OperationRun, Tenant.id, Tenant.workspace_id, Tenant.is_active, User.is_active)
+        .outerjoin(Tenant, Tenant.id == OperationRun.tenant_id)
+        .outerjoin(User, User.id == OperationRun.user_id)
+        .where(OperationRun.id == run_id)
+    ).one_or_none()
+    if row is None:
         return ExecutionStart(StartDecision.MISSING)
-    verdict = gate.evaluate(session, run)
+    run, tenant_id, tenant_workspace_id, tenant_active, user_active = row
+    tenant = (
+        TenantFacts(tenant_workspace_id, bool(tenant_active)) if tenant_id is not None else None
+    )
+    verdict = gate.evaluate_loaded(
+        run, tenant, bool(user_active) if user_active is not None else None
+    )
     if not verdict.allowed:
         reason = verdict.reason_code
         if reason is None or reason == ReasonCode.EXECUTION_RUN_TERMINAL:

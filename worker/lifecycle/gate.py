@@ -52,7 +52,7 @@ class LegitimacyResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _TenantFacts:
+class TenantFacts:
     workspace_id: int
     is_active: bool
 
@@ -73,24 +73,34 @@ class QueuedExecutionLegitimacyGate:
         runs = list(runs)
         tenant_ids = {r.tenant_id for r in runs if r.tenant_id is not None}
         user_ids = {r.user_id for r in runs if r.user_id is not None}
-        tenants: dict[int, _TenantFacts] = {}
+        tenants: dict[int, TenantFacts] = {}
         if tenant_ids:
             rows = session.execute(
                 select(Tenant.id, Tenant.workspace_id, Tenant.is_active).where(
                     Tenant.id.in_(tenant_ids)
                 )
             )
-            tenants = {row.id: _TenantFacts(row.workspace_id, bool(row.is_active)) for row in rows}
+            tenants = {row.id: TenantFacts(row.workspace_id, bool(row.is_active)) for row in rows}
         users: dict[int, bool] = {}
         if user_ids:
             rows_u = session.execute(select(User.id, User.is_active).where(User.id.in_(user_ids)))
             users = {row.id: bool(row.is_active) for row in rows_u}
         return {run.id: self._evaluate_with(run, tenants, users) for run in runs}
 
+    def evaluate_loaded(
+        self, run: RunLike, tenant: TenantFacts | None, user_active: bool | None
+    ) -> LegitimacyResult:
+        """The verdict from facts the caller loaded with the run (one joined query at task
+        start): ``tenant`` None when the run's tenant row is missing, ``user_active`` None
+        when its user row is missing."""
+        tenants = {run.tenant_id: tenant} if run.tenant_id is not None and tenant else {}
+        users = {run.user_id: user_active} if run.user_id is not None and user_active else {}
+        return self._evaluate_with(run, tenants, users)
+
     def _evaluate_with(
         self,
         run: RunLike,
-        tenants: Mapping[int, _TenantFacts],
+        tenants: Mapping[int, TenantFacts],
         users: Mapping[int, bool],
     ) -> LegitimacyResult:
         # Workspace-level runs (no tenant) and system runs (no user) pass those checks:
