@@ -124,9 +124,13 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN i % 11 = 0 THEN NULL ELSE 1 + i % 200 END AS tenant,
            CASE WHEN i % 3 = 0 THEN NULL ELSE 1 + i % 500 END AS usr) AS p
 CROSS JOIN LATERAL (
-    SELECT CASE WHEN k.kind IN ('fresh_running', 'fresh_queued') THEN now()
+    -- Every run has its own creation time, as real runs do (ties would make any sort
+    -- with a tie-breaker look far worse than it is).
+    SELECT CASE WHEN k.kind IN ('fresh_running', 'fresh_queued')
+                    THEN now() - i * interval '1 millisecond'
                 WHEN k.kind = 'done' THEN now() - interval '30 days' + i * interval '1 second'
-                ELSE now() - interval '5 hours' END AS created) AS t;
+                ELSE now() - interval '5 hours' - i * interval '10 milliseconds' END
+           AS created) AS t;
 SELECT setval(pg_get_serial_sequence('operation_runs', 'id'), {total} + 1, false);
 """
 
