@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(results[-1])
 
     elapsed = time.monotonic() - started
+    info["machine"]["load_average_at_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     log(f"\nsuite finished in {elapsed:.0f} s")
     for result in results:
         log(f"  {result.name:8s} {result.verdict()}")
@@ -181,6 +182,8 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "",
         f"- CPU: {m['nproc']} x {m['cpu']}",
         f"- memory: {m['memory_mb']:,} MB",
+        f"- load average (1, 5, 15 min) at start: {m.get('load_average')}; at end: "
+        f"{m.get('load_average_at_end')} (the 2 cores were shared with other work)",
         f"- PostgreSQL {v['postgresql']} (started by the suite on loopback: fsync off, "
         "shared_buffers 256MB, pg_stat_statements preloaded)",
         f"- Redis {v['redis']}, Python {v['python']}, psycopg {v['psycopg']}",
@@ -195,6 +198,29 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "",
         "The suite starts its own PostgreSQL (Debian `postgresql`) and Redis (`redis-server`)",
         "and stops them when it ends; nothing else needs to be running.",
+        "",
+        "## Method",
+        "",
+        "- **drain**: 50,000 stale running runs among 450,000 (generated with",
+        "  `generate_series`, copied per side with `CREATE DATABASE ... TEMPLATE`); each side",
+        "  is a whole process with stdout to a file, sides alternate, 5 repetitions; after each",
+        "  side every stale run must have failed once with one audit row and one change in the",
+        "  output, and an md5 over every other run must be unchanged. The floor is",
+        "  `benchmarks/floor_drain.py` (bare psycopg, one statement per 500-run pass).",
+        "- **idle**: in-process `OperationLifecycleReconciler.reconcile(engine)` passes that find",
+        "  nothing, alternating between 10,000 and 1,000,000 terminal runs (200 fresh",
+        "  non-terminal runs in both); EXPLAIN (ANALYZE) of the captured scan, and auto_explain",
+        "  of a prepared execution under `plan_cache_mode = force_generic_plan`.",
+        "- **bridge**: one `celery worker -P prefork -c 2`; each batch is queued while the",
+        "  worker's main process is SIGSTOPped, timed from SIGCONT to the last body end / last",
+        "  terminal write; sides alternate. Statements per task from pg_stat_statements (the",
+        "  benchmark's own queries run as another role).",
+        "- **latency**: `runwarden up` (worker + embedded beat, interval 5 s); runs inserted",
+        "  running whose thresholds pass at staggered moments; latency = `completed_at -",
+        "  (started_at + threshold)` from each row.",
+        "- **memory**: `ru_maxrss` of the drain process (spawned through",
+        "  `benchmarks/launcher.py` so the benchmark's own RSS is not inherited) and VmRSS /",
+        "  VmHWM of the idle worker main processes.",
         "",
         "## Goals",
         "",

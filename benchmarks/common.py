@@ -222,7 +222,9 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 memory_mb = int(line.split()[1]) // 1024
                 break
-    return {"nproc": os.cpu_count(), "memory_mb": memory_mb, "cpu": cpu}
+    # Other work on the machine skews every figure: record how busy it was.
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {"nproc": os.cpu_count(), "memory_mb": memory_mb, "cpu": cpu, "load_average": load}
 
 
 @dataclass(frozen=True)
