@@ -14,6 +14,7 @@ assessment), with the contract's differences:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -26,6 +27,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine, TextClause, and_, bindparam, func, literal_column, or_, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import NON_TERMINAL_SQL, OperationRun, RunOutcome, RunStatus, UtcDateTime, utcnow
@@ -323,8 +325,19 @@ class OperationLifecycleReconciler:
         types = self._scan_types(options)
         if isinstance(target, Session):
             return self._pass(target, options, types)
+        if not options.dry_run and not is_sqlite(target):
+            with _autocommit(target) as connection:
+                return self._statement_pass(connection, options, types)
         with self._session(target, dry_run=options.dry_run) as session:
             return self._pass(session, options, types)
+
+    def _statement_pass(
+        self, connection: Connection, options: ReconcileOptions, types: tuple[str, ...]
+    ) -> ReconcileResult:
+        # A PostgreSQL pass is one statement, hence one transaction by itself: run in
+        # autocommit it costs one round trip, not BEGIN + statement + COMMIT.
+        limit = options.limit or self._policy.reconciliation_batch_limit()
+        return self._sql_pass(connection, options, types, limit, self._now())
 
     def drain(
         self,
@@ -372,15 +385,24 @@ class OperationLifecycleReconciler:
             # A dry pass changes nothing, so the next one would find the same runs forever.
             raise InvalidOptionsError("drain cannot be combined with dry_run")
         deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
-        passes = 0
-        while max_passes is None or passes < max_passes:
-            result = self.reconcile(engine, options)
-            passes += 1
-            yield result
-            if result.reconciled == 0:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
+        with contextlib.ExitStack() as stack:
+            if is_sqlite(engine):
+                run_pass = functools.partial(self.reconcile, engine, options)
+            else:
+                # One connection for the whole drain, each pass its own statement.
+                connection = stack.enter_context(_autocommit(engine))
+                run_pass = functools.partial(
+                    self._statement_pass, connection, options, self._scan_types(options)
+                )
+            passes = 0
+            while max_passes is None or passes < max_passes:
+                result = run_pass()
+                passes += 1
+                yield result
+                if result.reconciled == 0:
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
 
     def _session(self, engine: Engine, *, dry_run: bool) -> AbstractContextManager[Session]:
         # A dry run writes nothing, so it takes no write lock (no BEGIN IMMEDIATE on SQLite).
@@ -463,7 +485,7 @@ class OperationLifecycleReconciler:
 
     def _sql_pass(
         self,
-        session: Session,
+        session: Session | Connection,
         options: ReconcileOptions,
         types: tuple[str, ...],
         limit: int,
@@ -849,3 +871,7 @@ def _sql_pass_statement(scope: str) -> TextClause:
         stale_queued_message=ReasonCode.STALE_QUEUED.default_message,
         stale_running_message=ReasonCode.STALE_RUNNING.default_message,
     )
+
+
+def _autocommit(engine: Engine) -> contextlib.AbstractContextManager[Connection]:
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
