@@ -21,7 +21,7 @@ from typing import Any
 from celery import signals
 
 from models import utcnow
-from worker.db import write_session
+from worker.db import statement_session
 from worker.lifecycle.bridge_mapping import (
     BridgeOutcome,
     TaskFacts,
@@ -83,7 +83,7 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         return
     request = getattr(sender, "request", None)
     try:
-        with write_session() as session:
+        with statement_session() as session:
             outcome = bridge_success(
                 session,
                 run_id=int(result["operation_run_id"]),
@@ -122,7 +122,7 @@ def _apply_failure(
     extra: dict[str, Any] | None = None,
 ) -> None:
     try:
-        with write_session() as session:
+        with statement_session() as session:
             outcome = bridge_failure(
                 session,
                 reason_code=reason,
@@ -149,7 +149,7 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
     if not isinstance(original, BaseException):
         original = reason if isinstance(reason, BaseException) else None
     try:
-        with write_session() as session:
+        with statement_session() as session:
             outcome = bridge_retry(session, facts=facts, exception=original, now=utcnow())
     except Exception:
         logger.exception("bridge could not record the retry of task %s", task_id)
@@ -175,7 +175,7 @@ def _on_revoked(
         _apply_failure("task_revoked", facts, ReasonCode.EXPIRED, None, {"expired": True})
         return
     try:
-        with write_session() as session:
+        with statement_session() as session:
             outcome = bridge_cancel(
                 session, facts=facts, signum=signum, terminated=terminated, now=utcnow()
             )

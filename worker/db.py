@@ -91,6 +91,7 @@ def _after_fork_in_child() -> None:
     for engine in list(_engines.values()):
         engine.dispose(close=False)
     _engines.clear()
+    _autocommit_engines.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -101,6 +102,7 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+        _autocommit_engines.clear()
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:
@@ -141,6 +143,32 @@ def write_session(engine: Engine | None = None) -> Iterator[Session]:
         yield session
 
 
+_autocommit_engines: dict[Engine, Engine] = {}
+
+
+@contextmanager
+def statement_session(engine: Engine | None = None) -> Iterator[Session]:
+    """A session for paths whose every write is one compare-and-set statement (task start,
+    completion, heartbeats, the bridge's receivers): on PostgreSQL each statement commits
+    on its own (autocommit: no BEGIN/COMMIT round trips on the hot path of every task);
+    on SQLite it is a :func:`write_session`. Nothing here may rely on two statements
+    committing together -- the CAS in each write is what keeps the run truthful.
+    """
+    engine = engine or get_engine()
+    if is_sqlite(engine):
+        with write_session(engine) as session:
+            yield session
+        return
+    bind = _autocommit_engines.get(engine)
+    if bind is None:
+        bind = _autocommit_engines.setdefault(
+            engine, engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+    with Session(bind, expire_on_commit=False) as session:
+        yield session
+        session.commit()
+
+
 __all__ = [
     "DatabaseUnavailableError",
     "OperationalError",
@@ -150,6 +178,7 @@ __all__ = [
     "get_engine",
     "is_sqlite",
     "read_session",
+    "statement_session",
     "unavailable",
     "write_session",
 ]

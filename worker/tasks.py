@@ -26,7 +26,7 @@ from celery.exceptions import Ignore
 
 from models import RunOutcome, utcnow
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app
-from worker.db import get_engine, write_session
+from worker.db import get_engine, statement_session
 from worker.errors import InvalidOptionsError, RunwardenError
 from worker.lifecycle.bridge_mapping import TaskFacts
 from worker.lifecycle.execution import StartDecision, start_execution
@@ -89,7 +89,7 @@ class RunContext:
 
     def heartbeat(self) -> bool:
         """Record that the run is alive; False means it ended meanwhile (stop working)."""
-        with write_session() as session:
+        with statement_session() as session:
             return heartbeat_transition(session, self.id, now=utcnow())
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Any:
@@ -131,7 +131,7 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
         if self.body is None:  # pragma: no cover - operation() always sets it
             raise RuntimeError(f"{self.name} has no body")
         gate = QueuedExecutionLegitimacyGate(current_policy())
-        with write_session() as session:
+        with statement_session() as session:
             start = start_execution(
                 session,
                 int(operation_run_id),

@@ -14,15 +14,44 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, Tenant, User
+from worker.lifecycle.freshness import RunSnapshot
 from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGate, TenantFacts
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.transitions import block, mark_running
 
 GATE_SOURCE = "legitimacy_gate"
+
+# Built once: constructing the query per task costs more than running it.
+_RUN_COLUMNS = (
+    OperationRun.id,
+    OperationRun.type,
+    OperationRun.status,
+    OperationRun.outcome,
+    OperationRun.workspace_id,
+    OperationRun.tenant_id,
+    OperationRun.user_id,
+    OperationRun.created_at,
+    OperationRun.started_at,
+    OperationRun.last_heartbeat_at,
+)
+_START_QUERY = (
+    select(
+        *_RUN_COLUMNS,
+        OperationRun.attempts,
+        OperationRun.context,
+        Tenant.id,
+        Tenant.workspace_id,
+        Tenant.is_active,
+        User.is_active,
+    )
+    .outerjoin(Tenant, Tenant.id == OperationRun.tenant_id)
+    .outerjoin(User, User.id == OperationRun.user_id)
+    .where(OperationRun.id == bindparam("run_id"))
+)
 
 
 class StartDecision(StrEnum):
@@ -73,19 +102,18 @@ def start_execution(
 ) -> ExecutionStart:
     """Decide whether delivery number ``retries`` of ``run_id`` runs the body.
 
-    Must run in a write transaction (:func:`worker.db.write_session`): the block and the
-    CAS are committed with it.
+    Each write here (the block, the move to running) is one compare-and-set statement,
+    so this may run in :func:`worker.db.statement_session` (autocommit on PostgreSQL): a
+    run that changed between the read and the write simply loses the CAS.
     """
     # One query for the run and every gate input: this runs before every task body.
-    row = session.execute(
-        select(OperationRun, Tenant.id, Tenant.workspace_id, Tenant.is_active, User.is_active)
-        .outerjoin(Tenant, Tenant.id == OperationRun.tenant_id)
-        .outerjoin(User, User.id == OperationRun.user_id)
-        .where(OperationRun.id == run_id)
-    ).one_or_none()
+    row: Any = session.execute(_START_QUERY, {"run_id": run_id}).one_or_none()
     if row is None:
         return ExecutionStart(StartDecision.MISSING)
-    run, tenant_id, tenant_workspace_id, tenant_active, user_active = row
+    run = RunSnapshot(*row[: len(_RUN_COLUMNS)])
+    attempts, context, tenant_id, tenant_workspace_id, tenant_active, user_active = row[
+        len(_RUN_COLUMNS) :
+    ]
     tenant = (
         TenantFacts(tenant_workspace_id, bool(tenant_active)) if tenant_id is not None else None
     )
@@ -109,7 +137,7 @@ def start_execution(
         )
         decision = StartDecision.BLOCKED if won else StartDecision.ALREADY_TERMINAL
         return ExecutionStart(decision, legitimacy=verdict, reason_code=reason)
-    inputs = (run.context or {}).get("inputs") or {}
+    inputs = (context or {}).get("inputs") or {}
     snapshot = StartedRun(
         id=run.id,
         type=run.type,
@@ -123,6 +151,6 @@ def start_execution(
         return ExecutionStart(
             StartDecision.DUPLICATE,
             legitimacy=verdict,
-            details={"status": run.status, "attempts": run.attempts, "retries": retries},
+            details={"status": run.status, "attempts": attempts, "retries": retries},
         )
     return ExecutionStart(StartDecision.STARTED, run=snapshot, legitimacy=verdict)
