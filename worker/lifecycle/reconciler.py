@@ -864,7 +864,7 @@ def _sql_pass_statement(scope: str) -> TextClause:
     source = _SQL_PASS_SOURCE.format(
         non_terminal=NON_TERMINAL_SQL, scope=scope, checks=checks, legitimacy=legitimacy
     )
-    return text(pg_terminal_sql(source, _SQL_PASS_PROJECTION)).bindparams(
+    return text(pg_terminal_sql(source, _SQL_PASS_PROJECTION, source_locks_rows=True)).bindparams(
         bindparam("now", type_=UtcDateTime()),
         stale_queued=ReasonCode.STALE_QUEUED.value,
         stale_running=ReasonCode.STALE_RUNNING.value,

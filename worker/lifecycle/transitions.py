@@ -129,15 +129,23 @@ def forced_failure(
 # MATERIALIZED CTE with ORDER BY ... FOR UPDATE), so transactions writing overlapping
 # batches queue on each other instead of deadlocking; the status is then re-checked in
 # the UPDATE itself -- the compare-and-set.
-def pg_terminal_sql(source: str, projection: str) -> str:
+def pg_terminal_sql(source: str, projection: str, *, source_locks_rows: bool = False) -> str:
+    """``source_locks_rows``: the source already holds its rows' locks without ever
+    waiting (the reconciler's ``FOR UPDATE SKIP LOCKED`` scan), so there is no lock order
+    to impose and the ordered locking step is skipped."""
+    lock_order = (
+        "SELECT v.id FROM v"
+        if source_locks_rows
+        else f"""SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
+    WHERE r.{NON_TERMINAL_SQL}
+    ORDER BY r.id
+    FOR UPDATE OF r"""
+    )
     return f"""
 WITH v AS MATERIALIZED (
 {source}
 ), locked AS MATERIALIZED (
-    SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
-    WHERE r.{NON_TERMINAL_SQL}
-    ORDER BY r.id
-    FOR UPDATE OF r
+    {lock_order}
 ), updated AS (
     UPDATE operation_runs AS r SET
         status = 'completed',
