@@ -133,20 +133,21 @@ def pg_terminal_sql(source: str, projection: str, *, source_locks_rows: bool = F
     """``source_locks_rows``: the source already holds its rows' locks without ever
     waiting (the reconciler's ``FOR UPDATE SKIP LOCKED`` scan), so there is no lock order
     to impose and the ordered locking step is skipped."""
-    lock_order = (
-        "SELECT v.id FROM v"
+    locking = (
+        ""
         if source_locks_rows
-        else f"""SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
+        else f""", locked AS MATERIALIZED (
+    SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
     WHERE r.{NON_TERMINAL_SQL}
     ORDER BY r.id
-    FOR UPDATE OF r"""
+    FOR UPDATE OF r
+)"""
     )
+    rows = "v" if source_locks_rows else "v JOIN locked ON locked.id = v.id"
     return f"""
 WITH v AS MATERIALIZED (
 {source}
-), locked AS MATERIALIZED (
-    {lock_order}
-), updated AS (
+){locking}, updated AS (
     UPDATE operation_runs AS r SET
         status = 'completed',
         outcome = v.outcome,
@@ -157,7 +158,7 @@ WITH v AS MATERIALIZED (
         failure_summary = CASE WHEN v.failure IS NULL THEN r.failure_summary
                                ELSE r.failure_summary || jsonb_build_array(v.failure) END,
         summary_counts = COALESCE(v.summary_counts, r.summary_counts)
-    FROM v JOIN locked ON locked.id = v.id
+    FROM {rows}
     WHERE r.id = v.id
       AND r.{NON_TERMINAL_SQL}
       AND (v.expected_status IS NULL OR r.status = v.expected_status)
