@@ -31,6 +31,7 @@ from worker.errors import InvalidOptionsError, RunwardenError
 from worker.lifecycle.bridge_mapping import TaskFacts
 from worker.lifecycle.execution import StartDecision, start_execution
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
+from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler import (
     ON_DEMAND_SOURCE,
     SCHEDULED_SOURCE,
@@ -100,6 +101,12 @@ class RunContext:
 OperationBody = Callable[..., "OperationResult | None"]
 
 
+@functools.lru_cache(maxsize=4)
+def _gate(policy: LifecyclePolicy) -> QueuedExecutionLegitimacyGate:
+    # One gate per policy and process: it caches its SQL form.
+    return QueuedExecutionLegitimacyGate(policy)
+
+
 def _facts(task: Task) -> TaskFacts:
     request = task.request
     return TaskFacts(
@@ -130,7 +137,7 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
     def execute_operation(self, operation_run_id: int) -> dict[str, Any]:
         if self.body is None:  # pragma: no cover - operation() always sets it
             raise RuntimeError(f"{self.name} has no body")
-        gate = QueuedExecutionLegitimacyGate(current_policy())
+        gate = _gate(current_policy())
         with statement_session() as session:
             start = start_execution(
                 session,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Table, and_, exists, or_, select, true
 from sqlalchemy.orm import Session
 
-from models import RunStatus, Tenant, User
+from models import OperationRun, RunStatus, Tenant, User
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
@@ -60,6 +60,7 @@ class TenantFacts:
 class QueuedExecutionLegitimacyGate:
     def __init__(self, policy: LifecyclePolicy) -> None:
         self._policy = policy
+        self._allows_sql: ColumnElement[bool] | None = None
 
     def evaluate(self, session: Session, run: RunLike) -> LegitimacyResult:
         return self.evaluate_many(session, [run])[run.id]
@@ -86,6 +87,32 @@ class QueuedExecutionLegitimacyGate:
             rows_u = session.execute(select(User.id, User.is_active).where(User.id.in_(user_ids)))
             users = {row.id: bool(row.is_active) for row in rows_u}
         return {run.id: self._evaluate_with(run, tenants, users) for run in runs}
+
+    def allows_sql(self) -> ColumnElement[bool]:
+        """The gate as a SQL condition over ``operation_runs`` (Core, any backend), for a
+        start that checks and moves the run in one statement. The same rules as
+        :meth:`_evaluate_with`; a test holds the two to the same verdicts."""
+        if self._allows_sql is None:
+            runs = cast(Table, OperationRun.__table__)
+            tenants = cast(Table, Tenant.__table__)
+            users = cast(Table, User.__table__)
+            self._allows_sql = and_(
+                runs.c.status != RunStatus.COMPLETED.value,
+                runs.c.type.in_(self._policy.covered_type_names()),
+                or_(
+                    runs.c.tenant_id.is_(None),
+                    exists().where(
+                        tenants.c.id == runs.c.tenant_id,
+                        tenants.c.is_active == true(),
+                        tenants.c.workspace_id == runs.c.workspace_id,
+                    ),
+                ),
+                or_(
+                    runs.c.user_id.is_(None),
+                    exists().where(users.c.id == runs.c.user_id, users.c.is_active == true()),
+                ),
+            )
+        return self._allows_sql
 
     def evaluate_loaded(
         self, run: RunLike, tenant: TenantFacts | None, user_active: bool | None

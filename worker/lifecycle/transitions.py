@@ -14,9 +14,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, and_, bindparam, func, insert, or_, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models import NON_TERMINAL_SQL, AuditLog, OperationRun, RunOutcome, RunStatus, UtcDateTime
@@ -375,6 +388,69 @@ def complete(
     return bool(apply_terminal_transitions(session, [transition], now=now))
 
 
+# Built once: these run around every task body, and building an UPDATE costs more
+# Python than executing it.
+_runs = cast(Table, OperationRun.__table__)
+_MARK_RUNNING = (
+    update(_runs)
+    .where(
+        _runs.c.id == bindparam("run_id"),
+        or_(
+            _runs.c.status == RunStatus.QUEUED.value,
+            and_(
+                bindparam("retries", type_=Integer()) > 0,
+                _runs.c.status == RunStatus.RUNNING.value,
+                _runs.c.attempts == bindparam("retries", type_=Integer()),
+            ),
+        ),
+    )
+    .values(
+        status=RunStatus.RUNNING.value,
+        attempts=bindparam("attempt", type_=Integer()),
+        started_at=func.coalesce(_runs.c.started_at, bindparam("now", type_=UtcDateTime())),
+        last_heartbeat_at=bindparam("now", type_=UtcDateTime()),
+        updated_at=bindparam("now", type_=UtcDateTime()),
+    )
+)
+_HEARTBEAT = (
+    update(_runs)
+    .where(_runs.c.id == bindparam("run_id"), _runs.c.status == RunStatus.RUNNING.value)
+    .values(
+        last_heartbeat_at=bindparam("now", type_=UtcDateTime()),
+        updated_at=bindparam("now", type_=UtcDateTime()),
+    )
+)
+
+
+_STARTED_COLUMNS = (
+    _runs.c.id,
+    _runs.c.type,
+    _runs.c.workspace_id,
+    _runs.c.tenant_id,
+    _runs.c.user_id,
+    _runs.c.context,
+)
+
+
+def start_if_allowed(
+    session: Session,
+    run_id: int,
+    *,
+    retries: int,
+    now: datetime,
+    allowed: ColumnElement[bool],
+) -> Row[Any] | None:
+    """:func:`mark_running`, only where ``allowed`` (the legitimacy gate as SQL) holds:
+    the task-start fast path, one statement. Returns the started run's id, type,
+    workspace_id, tenant_id, user_id and context, or None when the run was not started
+    (refused, already ended, or a duplicate delivery): the caller then finds out which."""
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    statement = _MARK_RUNNING.where(allowed).returning(*_STARTED_COLUMNS)
+    params = {"run_id": run_id, "retries": retries, "attempt": retries + 1, "now": now}
+    return session.execute(statement, params).one_or_none()
+
+
 def mark_running(session: Session, run_id: int, *, retries: int, now: datetime) -> bool:
     """Start execution attempt ``retries + 1``.
 
@@ -385,36 +461,15 @@ def mark_running(session: Session, run_id: int, *, retries: int, now: datetime) 
     """
     if retries < 0:
         raise ValueError("retries must be >= 0")
-    may_start = OperationRun.status == RunStatus.QUEUED.value
-    if retries > 0:
-        may_start = or_(
-            may_start,
-            and_(OperationRun.status == RunStatus.RUNNING.value, OperationRun.attempts == retries),
-        )
     result = session.execute(
-        update(OperationRun)
-        .where(OperationRun.id == run_id, may_start)
-        .values(
-            status=RunStatus.RUNNING.value,
-            attempts=retries + 1,
-            started_at=func.coalesce(OperationRun.started_at, now),
-            last_heartbeat_at=now,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+        _MARK_RUNNING, {"run_id": run_id, "retries": retries, "attempt": retries + 1, "now": now}
     )
     return _won(result)
 
 
 def heartbeat(session: Session, run_id: int, *, now: datetime) -> bool:
     """Record liveness of a running run; a run that ended meanwhile is not touched."""
-    result = session.execute(
-        update(OperationRun)
-        .where(OperationRun.id == run_id, OperationRun.status == RunStatus.RUNNING.value)
-        .values(last_heartbeat_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return _won(result)
+    return _won(session.execute(_HEARTBEAT, {"run_id": run_id, "now": now}))
 
 
 def record_retry(
