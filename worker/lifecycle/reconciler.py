@@ -455,8 +455,10 @@ class OperationLifecycleReconciler:
             )
         )
         applied = tuple(replace(c, applied=True) for c in proposed if c.operation_run_id in won)
+        # Per run at DEBUG only: a drain can fail thousands of runs, each has its audit
+        # row, and the periodic task logs one summary line per tick.
         for change in applied:
-            logger.info(
+            logger.debug(
                 "force-failed operation run %s (%s)",
                 change.operation_run_id,
                 change.reason_code,
