@@ -7,7 +7,7 @@ same clock: the changes must be the same, check for check.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import product
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 
 from models import AuditLog, OperationRun, Tenant, User, Workspace, utcnow
 from worker.db import build_engine, read_session, write_session
+from worker.lifecycle.evidence import iso
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler
 
@@ -180,4 +181,37 @@ def test_sql_pass__scoped_by_tenant_and_workspace(pg_url: str) -> None:
     assert {c.operation_run_id for c in result.changes} == mine
     assert len(mine) == 24
     assert others_done == []
+    engine.dispose()
+
+
+def test_sql_pass__timestamps_are_written_exactly_as_python_writes_them(pg_url: str) -> None:
+    # Fractions with trailing zeros (and none at all) are where formats drift apart.
+    engine = build_engine(pg_url)
+    now = datetime(2026, 11, 26, 12, 0, 0, 120000, tzinfo=UTC)
+    created = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+    with write_session(engine) as session:
+        workspace = Workspace(name="w")
+        session.add(workspace)
+        session.flush()
+        session.add(
+            OperationRun(
+                workspace_id=workspace.id,
+                type="inventory.sync",
+                status="queued",
+                created_at=created,
+                updated_at=created,
+            )
+        )
+    reconciler = OperationLifecycleReconciler(POLICY, now=lambda: now)
+    predicted = reconciler.reconcile(engine, {"dry_run": True}).changes[0].evidence
+    (change,) = reconciler.reconcile(engine).changes
+    assert change.evidence["evaluated_at"] == predicted["evaluated_at"] == iso(now)
+    assert change.evidence["evaluated_at"] == "2026-11-26T12:00:00.120000+00:00"
+    assert change.evidence["reference_time"] == predicted["reference_time"] == iso(created)
+    with read_session(engine) as session:
+        run = session.scalars(select(OperationRun)).one()
+    assert run.context["reconciliation"]["reconciled_at"] == "2026-11-26T12:00:00.120000+00:00"
+    assert run.context["reconciliation"]["evidence"]["reference_time"] == (
+        "2026-11-26T10:00:00.000000+00:00"
+    )
     engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 DEFAULT_MESSAGE_LIMIT = 1000
@@ -35,9 +35,25 @@ def scrub_and_truncate(text: str, limit: int = DEFAULT_MESSAGE_LIMIT) -> str:
     return text[: max(limit - 1, 0)] + "\u2026"
 
 
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC, always with microseconds: the one format of every timestamp
+    runwarden writes into evidence and records, whether Python or PostgreSQL builds it
+    (see :data:`PG_ISO_FORMAT`)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+#: ``to_char`` pattern giving :func:`iso`'s format for a timestamptz at time zone UTC.
+PG_ISO_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
+
+
+def pg_iso(expression: str) -> str:
+    """SQL rendering ``expression`` (a timestamptz) exactly as :func:`iso` does."""
+    return f"to_char(({expression}) AT TIME ZONE 'UTC', '{PG_ISO_FORMAT}')"
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso(value)
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"evidence value of type {type(value).__name__} is not JSON-serialisable")

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, RunStatus
+from worker.lifecycle.evidence import iso as _iso
 from worker.lifecycle.freshness import OperationRunFreshnessState
 from worker.lifecycle.policy import LifecyclePolicy
 
@@ -25,7 +26,7 @@ _CHUNK = 500
 
 
 def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
+    return _iso(moment) if moment is not None else None
 
 
 def run_to_dict(run: OperationRun, freshness: OperationRunFreshnessState) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from models import NON_TERMINAL_SQL, OperationRun, RunOutcome, RunStatus, UtcDateTime, utcnow
 from worker.db import is_sqlite, read_session, write_session
 from worker.errors import InvalidOptionsError
+from worker.lifecycle.evidence import iso, pg_iso
 from worker.lifecycle.freshness import (
     RUN_SNAPSHOT_COLUMNS,
     OperationRunFreshnessState,
@@ -654,10 +655,10 @@ class OperationLifecycleReconciler:
             reason_message=reason.default_message,
             freshness_state=freshness,
             evidence={
-                "evaluated_at": now.isoformat(),
+                "evaluated_at": iso(now),
                 "freshness_state": freshness.value,
                 "threshold_seconds": window.threshold_seconds,
-                "reference_time": window.reference_time.isoformat(),
+                "reference_time": iso(window.reference_time),
                 "status": str(run.status),
                 "execution_legitimacy": legitimacy.to_dict(),
                 "terminal_truth_path": (
@@ -806,10 +807,10 @@ _SQL_PASS_SOURCE = """
                CASE WHEN g.status = 'queued' THEN CAST(:stale_queued_message AS text)
                     ELSE CAST(:stale_running_message AS text) END AS reason_message,
                json_build_object(
-                   'evaluated_at', CAST(:now AS timestamptz),
+                   'evaluated_at', {evaluated_at},
                    'freshness_state', 'likely_stale',
                    'threshold_seconds', g.threshold_seconds,
-                   'reference_time', g.reference_time,
+                   'reference_time', {reference_time},
                    'status', g.status,
                    'execution_legitimacy', {legitimacy},
                    'terminal_truth_path', g.truth_path) AS evidence
@@ -821,7 +822,7 @@ _SQL_PASS_SOURCE = """
                               'reason_message', a.reason_message,
                               'source', CAST(:source AS text),
                               'evidence', CAST(a.evidence AS jsonb),
-                              'reconciled_at', CAST(:now AS timestamptz)) AS record,
+                              'reconciled_at', {evaluated_at}) AS record,
            jsonb_build_object('reason_code', a.reason_code, 'message', a.reason_message)
                AS failure,
            CAST(NULL AS jsonb) AS summary_counts,
@@ -854,7 +855,12 @@ SELECT (SELECT count(*) FROM v) AS candidates,
 def _sql_pass_statement(scope: str) -> TextClause:
     checks, legitimacy = legitimacy_sql("g", run="c", tenant="t", user="u")
     source = _SQL_PASS_SOURCE.format(
-        non_terminal=NON_TERMINAL_SQL, scope=scope, checks=checks, legitimacy=legitimacy
+        non_terminal=NON_TERMINAL_SQL,
+        scope=scope,
+        checks=checks,
+        legitimacy=legitimacy,
+        evaluated_at=pg_iso("CAST(:now AS timestamptz)"),
+        reference_time=pg_iso("g.reference_time"),
     )
     return text(pg_terminal_sql(source, _SQL_PASS_PROJECTION, source_locks_rows=True)).bindparams(
         bindparam("now", type_=UtcDateTime()),

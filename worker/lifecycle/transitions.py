@@ -36,7 +36,7 @@ from sqlalchemy.sql.dml import Update
 
 from models import NON_TERMINAL_SQL, AuditLog, OperationRun, RunOutcome, RunStatus, UtcDateTime
 from models.types import JsonDoc
-from worker.lifecycle.evidence import dumps, scrub_and_truncate
+from worker.lifecycle.evidence import dumps, iso, scrub_and_truncate
 from worker.lifecycle.reasons import ReasonCode, default_message
 
 __all__ = [
@@ -83,7 +83,7 @@ class TerminalTransition:
             "reason_message": self.reason_message,
             "source": self.source,
             "evidence": dict(self.evidence or {}),
-            stamp: now.isoformat(),
+            stamp: iso(now),
         }
 
     def payload(self, now: datetime) -> dict[str, Any]:
@@ -525,7 +525,7 @@ def record_retry(
         return False
     context = dict(run.context or {})
     bridge = dict(context.get("bridge") or {})
-    bridge["last_retry"] = {**dict(evidence), "recorded_at": now.isoformat()}
+    bridge["last_retry"] = {**dict(evidence), "recorded_at": iso(now)}
     context["bridge"] = bridge
     result = session.execute(
         update(OperationRun)
