@@ -15,6 +15,7 @@ from tests.factories import make_run, seed_tenancy
 from worker.db import read_session, write_session
 from worker.errors import InvalidOptionsError
 from worker.lifecycle import transitions
+from worker.lifecycle.evidence import iso
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler, ReconcileOptions
 
@@ -145,12 +146,12 @@ def test_reconcile__stale_queued_past_threshold_is_failed_with_evidence_and_audi
         record["reason_message"] == "Run was queued but never started within its lifecycle window."
     )
     assert record["source"] == "scheduled_reconciler"
-    assert record["reconciled_at"] == now.isoformat()
+    assert record["reconciled_at"] == iso(now)
     evidence = record["evidence"]
-    assert evidence["evaluated_at"] == now.isoformat()
+    assert evidence["evaluated_at"] == iso(now)
     assert evidence["freshness_state"] == "likely_stale"
     assert evidence["threshold_seconds"] == 600
-    assert evidence["reference_time"] == run.created_at.isoformat()
+    assert evidence["reference_time"] == iso(run.created_at)
     assert evidence["status"] == "queued"
     assert evidence["execution_legitimacy"]["allowed"] is True
     assert evidence["terminal_truth_path"] == "direct_and_scheduled"
@@ -182,7 +183,7 @@ def test_reconcile__stale_running_past_threshold_is_failed_with_start_as_referen
     assert change.reason_code == "run.stale_running"
     assert change.reason_message == "Run started but did not finish within its lifecycle window."
     assert change.evidence["threshold_seconds"] == 3600
-    assert change.evidence["reference_time"] == (now - timedelta(seconds=STALE_RUNNING)).isoformat()
+    assert change.evidence["reference_time"] == iso(now - timedelta(seconds=STALE_RUNNING))
     assert change.evidence["status"] == "running"
     run = _run(engine, run_id)
     assert (run.status, run.outcome) == ("completed", "failed")
@@ -202,7 +203,7 @@ def test_reconcile__old_heartbeat_is_the_reference_of_a_stale_running_run(
         heartbeat_age_seconds=STALE_RUNNING,
     )
     (change,) = reconciler.reconcile(engine).changes
-    assert change.evidence["reference_time"] == (now - timedelta(seconds=STALE_RUNNING)).isoformat()
+    assert change.evidence["reference_time"] == iso(now - timedelta(seconds=STALE_RUNNING))
 
 
 def test_reconcile__running_run_that_still_heartbeats_is_not_failed(
@@ -660,7 +661,7 @@ def test_assessment__stale_run_has_reason_message_and_evidence(
     data = assessment.to_dict()
     assert data["should_reconcile"] is True
     assert data["reason_code"] == "run.stale_running"
-    assert data["evidence"]["reference_time"] == run.created_at.isoformat()  # never started
+    assert data["evidence"]["reference_time"] == iso(run.created_at)  # never started
     assert data["evidence"]["threshold_seconds"] == 3600
 
 

@@ -9,6 +9,7 @@ from models import AuditLog, OperationRun, RunOutcome, RunStatus, utcnow
 from tests.factories import make_run, seed_tenancy
 from worker.db import read_session, write_session
 from worker.lifecycle import transitions as t
+from worker.lifecycle.evidence import iso
 from worker.lifecycle.reasons import ReasonCode
 
 
@@ -61,7 +62,7 @@ def test_force_fail__writes_run_record_failure_entry_and_one_audit_row(
     assert record["reason_message"] == ReasonCode.STALE_RUNNING.default_message
     assert record["source"] == "scheduled_reconciler"
     assert record["evidence"] == {"threshold_seconds": 60, "legitimacy": {"reason_code": None}}
-    assert record["reconciled_at"] == now.isoformat()
+    assert record["reconciled_at"] == iso(now)
     assert run.failure_summary == [
         {"reason_code": "run.stale_running", "message": ReasonCode.STALE_RUNNING.default_message}
     ]
