@@ -38,6 +38,7 @@ from worker.lifecycle.reconciler import (
     OperationLifecycleReconciler,
     ReconcileOptions,
 )
+from worker.lifecycle.transitions import TASK_OUTCOMES
 from worker.lifecycle.transitions import heartbeat as heartbeat_transition
 from worker.locks import RECONCILE_LOCK_KEY, RedisLock, redis_client
 from worker.runtime import current_policy, tick_limits
@@ -46,11 +47,6 @@ from worker.settings import get_settings
 logger = logging.getLogger(__name__)
 
 OPERATION_TASK_PREFIX = "operations."
-
-_TASK_OUTCOMES = frozenset(
-    {RunOutcome.SUCCEEDED, RunOutcome.PARTIALLY_SUCCEEDED, RunOutcome.FAILED}
-)
-
 
 # -- operation tasks ---------------------------------------------------------------------
 
@@ -65,7 +61,7 @@ class OperationResult:
     def __post_init__(self) -> None:
         outcome = RunOutcome(self.outcome)
         # blocked/cancelled are decided by runwarden, never claimed by a body.
-        if outcome not in _TASK_OUTCOMES:
+        if outcome not in TASK_OUTCOMES:
             raise ValueError(
                 f"an operation ends as succeeded, partially_succeeded or failed, not {outcome}"
             )

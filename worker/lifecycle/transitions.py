@@ -40,6 +40,7 @@ from worker.lifecycle.evidence import dumps, iso, scrub_and_truncate
 from worker.lifecycle.reasons import ReasonCode, default_message
 
 __all__ = [
+    "TASK_OUTCOMES",
     "TerminalTransition",
     "apply_terminal_transitions",
     "block",
@@ -53,9 +54,8 @@ __all__ = [
     "scrub_and_truncate",
 ]
 
-_LEGITIMATE_OUTCOMES = frozenset(
-    {RunOutcome.SUCCEEDED, RunOutcome.PARTIALLY_SUCCEEDED, RunOutcome.FAILED}
-)
+#: The outcomes a task may claim for itself; blocked and cancelled are runwarden's verdicts.
+TASK_OUTCOMES = frozenset({RunOutcome.SUCCEEDED, RunOutcome.PARTIALLY_SUCCEEDED, RunOutcome.FAILED})
 
 
 @dataclass(frozen=True)
@@ -418,7 +418,7 @@ def complete(
 ) -> bool:
     """The task's own end: only a ``running`` run completes this way; no audit row."""
     outcome = RunOutcome(outcome)
-    if outcome not in _LEGITIMATE_OUTCOMES:
+    if outcome not in TASK_OUTCOMES:
         raise ValueError(
             f"a task completes as succeeded, partially_succeeded or failed, not {outcome}"
         )
