@@ -8,6 +8,9 @@ Run ids encode what a run is, so every check can say which rows must have change
   with ``scheduled_reconciliation = false``); every other run is terminal.
 * idle data: ids 1..200 are fresh non-terminal runs, the rest are terminal.
 
+Stale runs come in two shapes (:data:`STALE_CREATED`): each with its own creation time, or
+all sharing one.
+
 Tenants, users and workspaces vary so that the legitimacy evidence varies too: every 10th
 tenant and every 7th user is inactive, every 11th run has no tenant, every 3rd no user,
 and every 13th run's tenant belongs to another workspace.
@@ -124,12 +127,10 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN i % 11 = 0 THEN NULL ELSE 1 + i % 200 END AS tenant,
            CASE WHEN i % 3 = 0 THEN NULL ELSE 1 + i % 500 END AS usr) AS p
 CROSS JOIN LATERAL (
-    -- Every run has its own creation time, as real runs do (ties would make any sort
-    -- with a tie-breaker look far worse than it is).
     SELECT CASE WHEN k.kind IN ('fresh_running', 'fresh_queued')
                     THEN now() - i * interval '1 millisecond'
                 WHEN k.kind = 'done' THEN now() - interval '30 days' + i * interval '1 second'
-                ELSE now() - interval '5 hours' - i * interval '10 milliseconds' END
+                ELSE {stale_created} END
            AS created) AS t;
 SELECT setval(pg_get_serial_sequence('operation_runs', 'id'), {total} + 1, false);
 """
@@ -146,6 +147,15 @@ IDLE_KIND = f"""CASE WHEN i > {IDLE_ACTIVE_RUNS} THEN 'done'
                     WHEN i % 2 = 0 THEN 'fresh_running'
                     ELSE 'fresh_queued' END"""
 
+#: Creation times of the stale runs, by data shape. ``distinct``: each its own, as runs
+#: created one by one are. ``tied``: one for all, as runs bulk-created in one transaction
+#: are (``now()`` is constant inside a transaction) -- a scan whose order the index cannot
+#: give then sorts every stale run left on every pass.
+STALE_CREATED = {
+    "distinct": "now() - interval '5 hours' - i * interval '10 milliseconds'",
+    "tied": "now() - interval '5 hours'",
+}
+
 #: Stale runs of the drain data, as an SQL predicate over operation_runs.
 DRAIN_STALE_SQL = "id % 9 = 0"
 
@@ -160,15 +170,18 @@ def _migrate(url: str) -> None:
     upgrade(url)
 
 
-def build_database(srv: Servers, name: str, *, total: int, kind: str) -> str:
-    """A migrated database ``name`` holding ``total`` generated runs; returns its URL."""
+def build_database(
+    srv: Servers, name: str, *, total: int, kind: str, shape: str = "distinct"
+) -> str:
+    """A migrated database ``name`` holding ``total`` generated runs; returns its URL.
+    ``shape`` names the stale runs' creation times (:data:`STALE_CREATED`)."""
     url = srv.create_database(name)
     _migrate(url)
     with srv.connect(name) as conn:
         conn.execute(_PARTIES)
-        conn.execute(_RUNS.format(total=total, kind=kind))
+        conn.execute(_RUNS.format(total=total, kind=kind, stale_created=STALE_CREATED[shape]))
         conn.execute("VACUUM (ANALYZE)")
-    log(f"  generated {total:,} runs in database {name}")
+    log(f"  generated {total:,} runs in database {name} ({shape} stale creation times)")
     return url
 
 
