@@ -140,8 +140,7 @@ def configured_producer(env: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in env if k.startswith(("RUNWARDEN_", "BENCH_"))}
     for key in saved:
         os.environ[key] = env[key]
-    from worker.runtime import current_policy
-    from worker.settings import get_settings
+    from worker.settings import current_policy, get_settings
 
     get_settings.cache_clear()
     current_policy.cache_clear()

@@ -45,8 +45,8 @@ def _pg_bindir() -> Path:
 
 
 def redis_server_binary() -> str:
-    from worker.embedded import redis_server_binary as find
     from worker.errors import BrokerUnavailableError
+    from worker.service.embedded import redis_server_binary as find
 
     try:
         return find()

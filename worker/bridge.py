@@ -22,7 +22,9 @@ from celery import signals
 
 from models import utcnow
 from worker.db import statement_session
-from worker.lifecycle.bridge_mapping import (
+from worker.dispatch import is_operation_task as _is_operation
+from worker.lifecycle.reasons import ReasonCode
+from worker.lifecycle.task_events import (
     BridgeOutcome,
     TaskFacts,
     bridge_cancel,
@@ -31,17 +33,11 @@ from worker.lifecycle.bridge_mapping import (
     bridge_success,
     reason_for_exception,
 )
-from worker.lifecycle.reasons import ReasonCode
-from worker.runtime import current_policy
+from worker.settings import current_policy
 
 logger = logging.getLogger(__name__)
 
-_PREFIX = "operations."
 _UID = "runwarden.bridge."
-
-
-def _is_operation(name: object) -> bool:
-    return isinstance(name, str) and name.startswith(_PREFIX)
 
 
 def _facts(task_id: str, name: str | None, request: Any) -> TaskFacts:

@@ -22,19 +22,46 @@ Delivery semantics, chosen deliberately:
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, signals
 
 from worker.lifecycle.policy import LifecyclePolicy
-from worker.runtime import current_policy, tick_limits
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, current_policy, get_settings
 
 RECONCILE_TASK = "runwarden.reconcile_operation_runs"
 SCHEDULED_RECONCILE_TASK = "runwarden.reconcile_scheduled"
 BEAT_ENTRY = "reconcile-operation-runs"
 
 app = Celery("runwarden")
+
+
+@dataclass(frozen=True, slots=True)
+class TickLimits:
+    """Timing of one scheduled reconciliation tick, all derived from the beat interval."""
+
+    #: drain passes until this is spent; the rest of the interval is slack.
+    budget_seconds: float
+    soft_time_limit_seconds: int
+    hard_time_limit_seconds: int
+    #: the tick's lock outlives the hard limit: a tick killed at its hard limit can never
+    #: leave a lock that expires while it still runs, only one that expires after it.
+    lock_ttl_seconds: int
+
+
+def tick_limits(interval_seconds: int) -> TickLimits:
+    budget = max(1.0, interval_seconds * 0.5)
+    # One pass is bounded (500 runs, milliseconds each); the margins cover a slow database.
+    soft = math.ceil(budget) + 30
+    hard = soft + 30
+    return TickLimits(
+        budget_seconds=budget,
+        soft_time_limit_seconds=soft,
+        hard_time_limit_seconds=hard,
+        lock_ttl_seconds=hard + 30,
+    )
 
 
 def build_config(settings: Settings, policy: LifecyclePolicy) -> dict[str, Any]:
@@ -94,12 +121,7 @@ def _configure(sender: Celery, **_: Any) -> None:
 
 
 def _setup_logger(logger: Any, **_: Any) -> None:
-    from worker.logs import configure_handlers
-
-    configure_handlers(logger, log_format=get_settings().log_format)
-
-
-def _setup_task_logger(logger: Any, **_: Any) -> None:
+    # Celery's own loggers and the task logger alike: scrubbed, JSON on request.
     from worker.logs import configure_handlers
 
     configure_handlers(logger, log_format=get_settings().log_format)
@@ -107,7 +129,7 @@ def _setup_task_logger(logger: Any, **_: Any) -> None:
 
 app.on_configure.connect(_configure, weak=False)
 signals.after_setup_logger.connect(_setup_logger, weak=False)
-signals.after_setup_task_logger.connect(_setup_task_logger, weak=False)
+signals.after_setup_task_logger.connect(_setup_logger, weak=False)
 
 # Connect the failed-job bridge now, in whichever process imported the app.
 from worker import bridge as _bridge  # noqa: E402

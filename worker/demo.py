@@ -82,8 +82,7 @@ def _configure_environment(var_dir: Path) -> None:
     os.environ["RUNWARDEN_IMPORTS"] = "worker.demo"
     os.environ["RUNWARDEN_LOG_LEVEL"] = "WARNING"
 
-    from worker.runtime import current_policy
-    from worker.settings import get_settings
+    from worker.settings import current_policy, get_settings
 
     get_settings.cache_clear()
     current_policy.cache_clear()

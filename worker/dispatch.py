@@ -29,7 +29,17 @@ from worker.lifecycle.transitions import force_fail_non_terminal_run
 logger = logging.getLogger(__name__)
 
 DISPATCH_SOURCE = "dispatch"
+#: Every operation task's name is this prefix and its run type.
 OPERATION_TASK_PREFIX = "operations."
+
+
+def operation_task_name(type_name: str) -> str:
+    """The Celery task name of run type ``type_name``."""
+    return f"{OPERATION_TASK_PREFIX}{type_name}"
+
+
+def is_operation_task(name: object) -> bool:
+    return isinstance(name, str) and name.startswith(OPERATION_TASK_PREFIX)
 
 
 class DispatchFailedError(BrokerUnavailableError):
@@ -164,7 +174,7 @@ def start_operation(  # noqa: PLR0917 - the contract takes these positionally
         from worker.celery_app import app as default_app
 
         app = default_app
-    task_name = f"{OPERATION_TASK_PREFIX}{type}"
+    task_name = operation_task_name(type)
     try:
         app.send_task(task_name, kwargs={"operation_run_id": run_id}, task_id=celery_task_id)
     except Exception as exc:  # kombu/redis raise many types; any of them means "not sent"

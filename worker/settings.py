@@ -1,15 +1,19 @@
-"""All configuration: one pydantic-settings class read from ``RUNWARDEN_*``."""
+"""All configuration: one pydantic-settings class read from ``RUNWARDEN_*``, and the
+lifecycle policy file it names, each loaded once per process."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from worker.lifecycle.policy import LifecyclePolicy
 
 
 class Settings(BaseSettings):
@@ -75,3 +79,11 @@ def get_settings() -> Settings:
         first = exc.errors()[0]
         key = "RUNWARDEN_" + "_".join(str(p) for p in first["loc"]).upper()
         raise ConfigurationError(f"{key}: {first['msg']}") from exc
+
+
+@lru_cache(maxsize=1)
+def current_policy() -> LifecyclePolicy:
+    """The configured lifecycle policy, loaded (and validated) once per process."""
+    from worker.lifecycle.policy import load_policy
+
+    return load_policy()

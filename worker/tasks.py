@@ -18,18 +18,18 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
 
 from models import RunOutcome, utcnow
-from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app
+from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app, tick_limits
 from worker.db import get_engine, statement_session
+from worker.dispatch import operation_task_name
 from worker.errors import InvalidOptionsError, RunwardenError
-from worker.lifecycle.bridge_mapping import TaskFacts
-from worker.lifecycle.execution import StartDecision, start_execution
+from worker.lifecycle.execution import StartDecision, StartedRun, start_execution
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler import (
@@ -38,15 +38,13 @@ from worker.lifecycle.reconciler import (
     OperationLifecycleReconciler,
     ReconcileOptions,
 )
+from worker.lifecycle.task_events import TaskFacts
 from worker.lifecycle.transitions import TASK_OUTCOMES
 from worker.lifecycle.transitions import heartbeat as heartbeat_transition
 from worker.locks import RECONCILE_LOCK_KEY, RedisLock, redis_client
-from worker.runtime import current_policy, tick_limits
-from worker.settings import get_settings
+from worker.settings import current_policy, get_settings
 
 logger = logging.getLogger(__name__)
-
-OPERATION_TASK_PREFIX = "operations."
 
 # -- operation tasks ---------------------------------------------------------------------
 
@@ -71,18 +69,16 @@ class OperationResult:
         return {"outcome": str(self.outcome), "summary_counts": dict(self.summary_counts)}
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """The run as a body sees it."""
+@dataclass(frozen=True, slots=True)
+class RunContext(StartedRun):
+    """The run as a body sees it: the started run (id, type, workspace_id, tenant_id,
+    user_id, inputs, attempt) and what the body may do with it."""
 
-    id: int
-    type: str
-    workspace_id: int
-    tenant_id: int | None
-    user_id: int | None
-    inputs: dict[str, Any]
-    attempt: int
-    _task: OperationTask = field(repr=False, compare=False)
+    _task: OperationTask | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of_started(cls, run: StartedRun, task: OperationTask) -> RunContext:
+        return cls(**{f.name: getattr(run, f.name) for f in fields(StartedRun)}, _task=task)
 
     def heartbeat(self) -> bool:
         """Record that the run is alive; False means it ended meanwhile (stop working)."""
@@ -91,6 +87,8 @@ class RunContext:
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Any:
         """Retry this attempt later (raises Celery's ``Retry``)."""
+        if self._task is None:
+            raise RuntimeError("this run context has no task to retry")
         return self._task.retry(exc=exc, countdown=countdown)
 
 
@@ -160,17 +158,7 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
             # Ignore: no result, no task_success/task_failure, message acknowledged.
             raise Ignore()
         run = start.run
-        context = RunContext(
-            id=run.id,
-            type=run.type,
-            workspace_id=run.workspace_id,
-            tenant_id=run.tenant_id,
-            user_id=run.user_id,
-            inputs=run.inputs,
-            attempt=run.attempt,
-            _task=self,
-        )
-        returned = self.body(context, **run.inputs)
+        returned = self.body(RunContext.of_started(run, self), **run.inputs)
         if returned is None:
             returned = OperationResult()
         if not isinstance(returned, OperationResult):
@@ -197,7 +185,7 @@ def operation(type_name: str, **task_options: Any) -> Callable[[OperationBody], 
             return task.execute_operation(operation_run_id)
 
         return app.task(
-            name=f"{OPERATION_TASK_PREFIX}{type_name}",
+            name=operation_task_name(type_name),
             base=OperationTask,
             bind=True,
             operation_type=type_name,

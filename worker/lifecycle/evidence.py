@@ -7,7 +7,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-DEFAULT_MESSAGE_LIMIT = 1000
+#: Evidence messages are bounded: an exception can carry a whole HTTP response body.
+MESSAGE_LIMIT = 1000
 
 _URL_CREDENTIALS = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"
@@ -27,7 +28,7 @@ def scrub(text: str) -> str:
     return _SECRET_PAIRS.sub(lambda m: f"{m['key']}{m['quote']}{REDACTED}", text)
 
 
-def scrub_and_truncate(text: str, limit: int = DEFAULT_MESSAGE_LIMIT) -> str:
+def scrub_and_truncate(text: str, limit: int = MESSAGE_LIMIT) -> str:
     # Scrub first: a URL cut in the middle of its password no longer matches the pattern.
     text = scrub(text)
     if len(text) <= limit:
@@ -40,6 +41,10 @@ def iso(moment: datetime) -> str:
     runwarden writes into evidence and records, whether Python or PostgreSQL builds it
     (see :data:`PG_ISO_FORMAT`)."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def iso_or_none(moment: datetime | None) -> str | None:
+    return iso(moment) if moment is not None else None
 
 
 #: ``to_char`` pattern giving :func:`iso`'s format for a timestamptz at time zone UTC.

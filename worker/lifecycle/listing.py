@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, RunStatus
-from worker.lifecycle.evidence import iso as _iso
+from worker.lifecycle.evidence import iso_or_none as iso
 from worker.lifecycle.freshness import OperationRunFreshnessState
 from worker.lifecycle.policy import LifecyclePolicy
 
@@ -23,10 +23,6 @@ _STATUSES_OF: dict[OperationRunFreshnessState, tuple[str, ...]] = {
     OperationRunFreshnessState.FRESH: (RunStatus.QUEUED.value, RunStatus.RUNNING.value),
 }
 _CHUNK = 500
-
-
-def iso(moment: datetime | None) -> str | None:
-    return _iso(moment) if moment is not None else None
 
 
 def run_to_dict(run: OperationRun, freshness: OperationRunFreshnessState) -> dict[str, Any]:

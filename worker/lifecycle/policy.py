@@ -80,6 +80,12 @@ class LifecyclePolicy:
         found = self._by_name.get(type_name)
         return found is None or found.direct_failed_bridge
 
+    def terminal_truth_path(self, type_name: str) -> str:
+        """How a run of this type reaches its terminal truth, as evidence names it."""
+        if self.requires_direct_failed_bridge(type_name):
+            return "direct_and_scheduled"
+        return "scheduled_only"
+
     def reconciliation_batch_limit(self) -> int:
         return self.batch_limit
 

@@ -34,6 +34,7 @@ from models import NON_TERMINAL_SQL, OperationRun, RunOutcome, RunStatus, UtcDat
 from worker.db import is_sqlite, read_session, write_session
 from worker.errors import InvalidOptionsError
 from worker.lifecycle.evidence import iso, pg_iso
+from worker.lifecycle.evidence import iso_or_none as _iso
 from worker.lifecycle.freshness import (
     RUN_SNAPSHOT_COLUMNS,
     OperationRunFreshnessState,
@@ -43,7 +44,6 @@ from worker.lifecycle.freshness import (
     stale_window,
 )
 from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGate, legitimacy_sql
-from worker.lifecycle.listing import iso as _iso
 from worker.lifecycle.listing import run_to_dict
 from worker.lifecycle.policy import MAX_BATCH_LIMIT, LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode

@@ -21,11 +21,10 @@ from pathlib import Path
 from types import FrameType
 
 from worker.db import describe_url
-from worker.embedded import EmbeddedRedis
 from worker.migrate import upgrade
-from worker.procs import parent_death_signal
-from worker.runtime import current_policy
-from worker.settings import Settings
+from worker.service.embedded import EmbeddedRedis
+from worker.service.procs import parent_death_signal
+from worker.settings import Settings, current_policy
 
 logger = logging.getLogger(__name__)
 

@@ -1,45 +1,16 @@
-"""Pure parts of the failed-job bridge and the app configuration."""
+"""The Celery app's configuration and the embedded Redis's start-up checks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
-from worker.celery_app import BEAT_ENTRY, SCHEDULED_RECONCILE_TASK, build_config
-from worker.embedded import EmbeddedRedis
+from worker.celery_app import BEAT_ENTRY, SCHEDULED_RECONCILE_TASK, build_config, tick_limits
 from worker.errors import ConfigurationError
-from worker.lifecycle.bridge_mapping import exception_evidence, reason_for_exception
 from worker.lifecycle.policy import parse_policy
-from worker.lifecycle.reasons import ReasonCode
-from worker.runtime import tick_limits
+from worker.service.embedded import EmbeddedRedis
 from worker.settings import Settings
-
-
-class AppError(RuntimeError):
-    pass
-
-
-@pytest.mark.parametrize(
-    ("exc", "reason"),
-    [
-        (WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."), ReasonCode.WORKER_LOST),
-        (TimeLimitExceeded(2.0), ReasonCode.TIME_LIMIT_EXCEEDED),
-        (AppError("boom"), ReasonCode.JOB_FAILED),
-        (KeyError("x"), ReasonCode.JOB_FAILED),
-    ],
-)
-def test_reason_for_exception(exc: BaseException, reason: ReasonCode) -> None:
-    assert reason_for_exception(exc) is reason
-
-
-def test_exception_evidence__scrubbed_then_truncated() -> None:
-    message = "redis://:sekret@cache:6379/0 " + "x" * 5000
-    evidence = exception_evidence(AppError(message))
-    assert evidence["exception_type"] == "AppError"
-    assert "sekret" not in evidence["exception_message"]
-    assert len(evidence["exception_message"]) <= 1000
 
 
 def test_build_config__beat_tick_expires_and_lock_outlives_hard_limit() -> None:

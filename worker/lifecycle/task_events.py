@@ -30,8 +30,6 @@ from worker.lifecycle.transitions import (
 )
 
 BRIDGE_SOURCE = "failed_job_bridge"
-#: Evidence messages are bounded: an exception can carry a whole HTTP response body.
-EVIDENCE_MESSAGE_LIMIT = 1000
 
 # Matched on the class and its bases by name, so lifecycle never imports Celery/billiard.
 _REASON_BY_EXCEPTION: tuple[tuple[str, ReasonCode], ...] = (
@@ -64,7 +62,7 @@ def exception_evidence(exc: BaseException | None) -> dict[str, Any]:
         return {"exception_type": None, "exception_message": None}
     return {
         "exception_type": type(exc).__name__,
-        "exception_message": scrub_and_truncate(str(exc), EVIDENCE_MESSAGE_LIMIT),
+        "exception_message": scrub_and_truncate(str(exc)),
     }
 
 
@@ -112,14 +110,6 @@ def _last_retry(run: _RunRef) -> Any:
     return bridge.get("last_retry") if isinstance(bridge, Mapping) else None
 
 
-def terminal_truth_path(policy: LifecyclePolicy, type_name: str) -> str:
-    return (
-        "direct_and_scheduled"
-        if policy.requires_direct_failed_bridge(type_name)
-        else "scheduled_only"
-    )
-
-
 def bridge_failure(
     session: Session,
     *,
@@ -142,7 +132,7 @@ def bridge_failure(
         **exception_evidence(exception),
         **facts.to_dict(),
         **dict(extra_evidence or {}),
-        "terminal_truth_path": terminal_truth_path(policy, run.type),
+        "terminal_truth_path": policy.terminal_truth_path(run.type),
     }
     # The terminal record replaces context.bridge; keep the earlier attempt's error in it.
     last_retry = _last_retry(run)

@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from worker.errors import BrokerUnavailableError, ConfigurationError
-from worker.procs import parent_death_signal
+from worker.service.procs import parent_death_signal
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
