@@ -20,6 +20,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: How SQLite stores a :class:`UtcDateTime` (SQLAlchemy's own format for naive values).
+SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """``value`` as SQLite stores it, for comparisons made inside SQL text (JSON params)."""
+    return value.astimezone(UTC).strftime(SQLITE_TIMESTAMP_FORMAT)
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every backend.
 

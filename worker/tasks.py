@@ -30,6 +30,7 @@ from worker.db import get_engine, statement_session
 from worker.dispatch import operation_task_name
 from worker.errors import InvalidOptionsError, RunwardenError
 from worker.lifecycle.execution import StartDecision, StartedRun, start_execution
+from worker.lifecycle.execution import heartbeat as heartbeat_transition
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler import (
@@ -40,7 +41,6 @@ from worker.lifecycle.reconciler import (
 )
 from worker.lifecycle.task_events import TaskFacts
 from worker.lifecycle.transitions import TASK_OUTCOMES
-from worker.lifecycle.transitions import heartbeat as heartbeat_transition
 from worker.locks import RECONCILE_LOCK_KEY, RedisLock, redis_client
 from worker.settings import current_policy, get_settings
 

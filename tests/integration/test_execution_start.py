@@ -3,12 +3,17 @@ be the Python gate's, for every combination of tenant, user, type and status."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from itertools import product
 
+import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from models import AuditLog, OperationRun, Tenant, User, Workspace, utcnow
+from tests.factories import make_run, seed_tenancy
 from worker.db import read_session, statement_session, write_session
+from worker.lifecycle import execution as x
 from worker.lifecycle.execution import StartDecision, start_execution
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
@@ -95,3 +100,87 @@ def test_start__sql_gate_agrees_with_python_gate_for_every_combination(engine: E
         "execution.user_inactive",
         "execution.type_not_covered",
     } <= reasons
+
+
+# -- the non-terminal moves, one statement each --------------------------------------------
+
+GATE = QueuedExecutionLegitimacyGate(POLICY)
+
+
+def _started(session: Session, run_id: int, *, retries: int, now: datetime) -> bool:
+    return x.start_run(session, run_id, gate=GATE, retries=retries, now=now) is not None
+
+
+def _run(engine: Engine, run_id: int) -> OperationRun:
+    with read_session(engine) as session:
+        run = session.get(OperationRun, run_id)
+        assert run is not None
+        return run
+
+
+@pytest.fixture
+def ids(engine: Engine) -> dict[str, int]:
+    return seed_tenancy(engine)
+
+
+def test_start_run__first_delivery_starts_and_duplicate_loses(
+    engine: Engine, ids: dict[str, int]
+) -> None:
+    run_id = make_run(engine, workspace_id=ids["workspace_id"])
+    with write_session(engine) as session:
+        assert _started(session, run_id, retries=0, now=utcnow())
+    with write_session(engine) as session:
+        assert not _started(session, run_id, retries=0, now=utcnow())
+    run = _run(engine, run_id)
+    assert (run.status, run.attempts) == ("running", 1)
+    assert run.started_at is not None and run.last_heartbeat_at is not None
+
+
+def test_start_run__retry_starts_next_attempt_once(engine: Engine, ids: dict[str, int]) -> None:
+    run_id = make_run(engine, workspace_id=ids["workspace_id"])
+    first_start = utcnow()
+    with write_session(engine) as session:
+        assert _started(session, run_id, retries=0, now=first_start)
+    later = first_start + timedelta(seconds=5)
+    with write_session(engine) as session:
+        assert _started(session, run_id, retries=1, now=later)
+    with write_session(engine) as session:
+        assert not _started(session, run_id, retries=1, now=later)  # duplicate of retry 1
+    run = _run(engine, run_id)
+    assert run.attempts == 2
+    assert run.started_at == first_start
+    assert run.last_heartbeat_at == later
+
+
+def test_start_run__terminal_run_never_starts(engine: Engine, ids: dict[str, int]) -> None:
+    run_id = make_run(
+        engine, workspace_id=ids["workspace_id"], status="completed", outcome="failed"
+    )
+    with write_session(engine) as session:
+        assert not _started(session, run_id, retries=0, now=utcnow())
+        assert not _started(session, run_id, retries=3, now=utcnow())
+    assert _run(engine, run_id).status == "completed"
+
+
+def test_heartbeat__only_running_runs(engine: Engine, ids: dict[str, int]) -> None:
+    queued = make_run(engine, workspace_id=ids["workspace_id"])
+    running = make_run(engine, workspace_id=ids["workspace_id"], status="running")
+    now = utcnow()
+    with write_session(engine) as session:
+        assert not x.heartbeat(session, queued, now=now)
+        assert x.heartbeat(session, running, now=now)
+    assert _run(engine, running).last_heartbeat_at == now
+    assert _run(engine, queued).last_heartbeat_at is None
+
+
+def test_record_retry__keeps_run_running_with_last_error(
+    engine: Engine, ids: dict[str, int]
+) -> None:
+    run_id = make_run(engine, workspace_id=ids["workspace_id"], status="running", attempts=1)
+    with write_session(engine) as session:
+        assert x.record_retry(
+            session, run_id, evidence={"exception_type": "IOError", "retries": 0}, now=utcnow()
+        )
+    run = _run(engine, run_id)
+    assert run.status == "running"
+    assert run.context["bridge"]["last_retry"]["exception_type"] == "IOError"

@@ -16,6 +16,8 @@ from worker.db import read_session, write_session
 from worker.errors import InvalidOptionsError
 from worker.lifecycle import transitions
 from worker.lifecycle.evidence import iso
+from worker.lifecycle.execution import start_run
+from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler, ReconcileOptions
 
@@ -699,7 +701,8 @@ def test_reconcile_run__queued_run_started_after_the_read_is_not_failed_as_never
     run_id = make_run(engine, workspace_id=ids["workspace_id"], now=now, age_seconds=STALE_QUEUED)
     loaded = _run(engine, run_id)
     with write_session(engine) as session:
-        assert transitions.mark_running(session, run_id, retries=0, now=utcnow())
+        gate = QueuedExecutionLegitimacyGate(POLICY)
+        assert start_run(session, run_id, gate=gate, retries=0, now=utcnow()) is not None
     with write_session(engine) as session:
         assert reconciler.reconcile_run(session, loaded) is None
     assert _statuses(engine)[run_id] == ("running", "pending")
@@ -712,7 +715,6 @@ def test_reconcile_run__queued_run_started_after_the_read_is_not_failed_as_never
 def test_gate__evaluate_many_checks_each_run_with_two_queries(
     engine: Engine, now: datetime, reconciler: OperationLifecycleReconciler, statements: list[str]
 ) -> None:
-    from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 
     ok = seed_tenancy(engine)
     inactive = seed_tenancy(engine, tenant_active=False, user_active=False)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -211,66 +209,3 @@ def test_complete__refuses_an_outcome_a_task_cannot_claim(
     with pytest.raises(ValueError), write_session(engine) as session:
         t.complete(session, run_id, outcome="blocked", now=utcnow())
     assert _run(engine, run_id).status == "running"
-
-
-def test_mark_running__first_delivery_starts_and_duplicate_loses(
-    engine: Engine, ids: dict[str, int]
-) -> None:
-    run_id = make_run(engine, workspace_id=ids["workspace_id"])
-    with write_session(engine) as session:
-        assert t.mark_running(session, run_id, retries=0, now=utcnow())
-    with write_session(engine) as session:
-        assert not t.mark_running(session, run_id, retries=0, now=utcnow())
-    run = _run(engine, run_id)
-    assert (run.status, run.attempts) == ("running", 1)
-    assert run.started_at is not None and run.last_heartbeat_at is not None
-
-
-def test_mark_running__retry_starts_next_attempt_once(engine: Engine, ids: dict[str, int]) -> None:
-    run_id = make_run(engine, workspace_id=ids["workspace_id"])
-    first_start = utcnow()
-    with write_session(engine) as session:
-        assert t.mark_running(session, run_id, retries=0, now=first_start)
-    later = first_start + timedelta(seconds=5)
-    with write_session(engine) as session:
-        assert t.mark_running(session, run_id, retries=1, now=later)
-    with write_session(engine) as session:
-        assert not t.mark_running(session, run_id, retries=1, now=later)  # duplicate of retry 1
-    run = _run(engine, run_id)
-    assert run.attempts == 2
-    assert run.started_at == first_start
-    assert run.last_heartbeat_at == later
-
-
-def test_mark_running__terminal_run_never_starts(engine: Engine, ids: dict[str, int]) -> None:
-    run_id = make_run(
-        engine, workspace_id=ids["workspace_id"], status="completed", outcome="failed"
-    )
-    with write_session(engine) as session:
-        assert not t.mark_running(session, run_id, retries=0, now=utcnow())
-        assert not t.mark_running(session, run_id, retries=3, now=utcnow())
-    assert _run(engine, run_id).status == "completed"
-
-
-def test_heartbeat__only_running_runs(engine: Engine, ids: dict[str, int]) -> None:
-    queued = make_run(engine, workspace_id=ids["workspace_id"])
-    running = make_run(engine, workspace_id=ids["workspace_id"], status="running")
-    now = utcnow()
-    with write_session(engine) as session:
-        assert not t.heartbeat(session, queued, now=now)
-        assert t.heartbeat(session, running, now=now)
-    assert _run(engine, running).last_heartbeat_at == now
-    assert _run(engine, queued).last_heartbeat_at is None
-
-
-def test_record_retry__keeps_run_running_with_last_error(
-    engine: Engine, ids: dict[str, int]
-) -> None:
-    run_id = make_run(engine, workspace_id=ids["workspace_id"], status="running", attempts=1)
-    with write_session(engine) as session:
-        assert t.record_retry(
-            session, run_id, evidence={"exception_type": "IOError", "retries": 0}, now=utcnow()
-        )
-    run = _run(engine, run_id)
-    assert run.status == "running"
-    assert run.context["bridge"]["last_retry"]["exception_type"] == "IOError"

@@ -1,9 +1,11 @@
-"""May this delivery execute its run's body? The guard every operation task passes first.
+"""May this delivery execute its run's body? The guard every operation task passes first,
+and the moves a run makes while it is not terminal (start, heartbeat, retry).
 
-One short write transaction: evaluate the legitimacy gate, then move the run to
-``running`` by compare-and-set on its attempt count. The CAS is what makes delivery
-"at least once" safe: a message redelivered after a crash, or published twice, finds its
-attempt already started and loses, so a body never runs twice for one attempt.
+The start is one statement on the usual path (``start_run``: the legitimacy gate as SQL
+and the compare-and-set on the attempt count). The CAS is what makes delivery "at least
+once" safe: a message redelivered after a crash, or published twice, finds its attempt
+already started and loses, so a body never runs twice for one attempt. Terminal writes
+are not made here but through :mod:`worker.lifecycle.transitions`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, Tenant, User
+from worker.lifecycle.evidence import dumps, iso
 from worker.lifecycle.freshness import RUN_SNAPSHOT_COLUMNS, RunSnapshot
 from worker.lifecycle.gate import (
     CHECK_NAMES,
@@ -26,7 +29,8 @@ from worker.lifecycle.gate import (
     TenantFacts,
 )
 from worker.lifecycle.reasons import ReasonCode
-from worker.lifecycle.transitions import block, mark_running, start_if_allowed
+from worker.lifecycle.sql import statement
+from worker.lifecycle.transitions import block, dialect_of
 
 GATE_SOURCE = "legitimacy_gate"
 _ALLOWED = LegitimacyResult.from_checks(dict.fromkeys(CHECK_NAMES, True))
@@ -37,7 +41,6 @@ _START_QUERY = (
     select(
         *_RUN_COLUMNS,
         OperationRun.attempts,
-        OperationRun.context,
         Tenant.id,
         Tenant.workspace_id,
         Tenant.is_active,
@@ -115,7 +118,7 @@ def start_execution(
     run that changed between the read and the write simply loses the CAS.
     """
     # The usual case in one statement: legitimate, and this delivery's attempt to start.
-    started = start_if_allowed(session, run_id, retries=retries, now=now, allowed=gate.allows_sql())
+    started = start_run(session, run_id, gate=gate, retries=retries, now=now)
     if started is not None:
         return ExecutionStart(
             StartDecision.STARTED,
@@ -127,9 +130,7 @@ def start_execution(
     if row is None:
         return ExecutionStart(StartDecision.MISSING)
     run = RunSnapshot(*row[: len(_RUN_COLUMNS)])
-    attempts, context, tenant_id, tenant_workspace_id, tenant_active, user_active = row[
-        len(_RUN_COLUMNS) :
-    ]
+    attempts, tenant_id, tenant_workspace_id, tenant_active, user_active = row[len(_RUN_COLUMNS) :]
     tenant = (
         TenantFacts(tenant_workspace_id, bool(tenant_active)) if tenant_id is not None else None
     )
@@ -153,11 +154,64 @@ def start_execution(
         )
         decision = StartDecision.BLOCKED if won else StartDecision.ALREADY_TERMINAL
         return ExecutionStart(decision, legitimacy=verdict, reason_code=reason)
-    snapshot = StartedRun.of(run, context, attempt=retries + 1)
-    if not mark_running(session, run_id, retries=retries, now=now):
+    # Legitimate after all (a tenant reactivated between the two statements), or this
+    # attempt is already running under another delivery: the same CAS tells which.
+    started = start_run(session, run_id, gate=gate, retries=retries, now=now)
+    if started is None:
         return ExecutionStart(
             StartDecision.DUPLICATE,
             legitimacy=verdict,
             details={"status": run.status, "attempts": attempts, "retries": retries},
         )
+    snapshot = StartedRun.of(started, started.context, attempt=retries + 1)
     return ExecutionStart(StartDecision.STARTED, run=snapshot, legitimacy=verdict)
+
+
+# -- the non-terminal moves ---------------------------------------------------------------
+
+
+def start_run(
+    session: Session,
+    run_id: int,
+    *,
+    gate: QueuedExecutionLegitimacyGate,
+    retries: int,
+    now: datetime,
+) -> Row[Any] | None:
+    """Start attempt ``retries + 1`` of ``run_id`` where the gate allows it (``start_run``).
+    Returns the started run's id, type, workspace_id, tenant_id, user_id and context, or
+    None when it was not started (refused, already ended, or a duplicate delivery)."""
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    params = {
+        "run_id": run_id,
+        "retries": retries,
+        "now": now,
+        "covered_types": gate.covered_types_json,
+    }
+    return session.execute(statement(dialect_of(session), "start_run"), params).one_or_none()
+
+
+def heartbeat(session: Session, run_id: int, *, now: datetime) -> bool:
+    """Record liveness of a running run; a run that ended meanwhile is not touched."""
+    result = session.execute(
+        statement(dialect_of(session), "heartbeat"), {"run_id": run_id, "now": now}
+    )
+    return _rowcount(result) == 1
+
+
+def record_retry(
+    session: Session, run_id: int, *, evidence: Mapping[str, Any], now: datetime
+) -> bool:
+    """A retry was scheduled: the run stays running with the failed attempt recorded as
+    ``context.bridge.last_retry`` (one statement)."""
+    last_retry = dumps({**dict(evidence), "recorded_at": iso(now)})
+    result = session.execute(
+        statement(dialect_of(session), "record_retry"),
+        {"run_id": run_id, "last_retry": last_retry, "now": now},
+    )
+    return _rowcount(result) == 1
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,16 +1,22 @@
 """May a run's task execute? The legitimacy gate checked at task start and recorded as
-evidence by the reconciler."""
+evidence by the reconciler.
+
+This module is the Python reference of the gate. Two named statements check the same
+rules in SQL -- ``start_run`` (the task start) and the PostgreSQL ``reconcile_pass`` --
+and the parity tests hold each to :meth:`QueuedExecutionLegitimacyGate._evaluate_with`'s
+verdicts for every combination of tenant, user, type and status."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, exists, or_, select, true
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import OperationRun, RunStatus, Tenant, User
+from models import RunStatus, Tenant, User
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
@@ -60,7 +66,7 @@ class TenantFacts:
 class QueuedExecutionLegitimacyGate:
     def __init__(self, policy: LifecyclePolicy) -> None:
         self._policy = policy
-        self._allows_sql: ColumnElement[bool] | None = None
+        self._covered_json: str | None = None
 
     def evaluate(self, session: Session, run: RunLike) -> LegitimacyResult:
         return self.evaluate_many(session, [run])[run.id]
@@ -88,31 +94,13 @@ class QueuedExecutionLegitimacyGate:
             users = {row.id: bool(row.is_active) for row in rows_u}
         return {run.id: self._evaluate_with(run, tenants, users) for run in runs}
 
-    def allows_sql(self) -> ColumnElement[bool]:
-        """The gate as a SQL condition over ``operation_runs`` (Core, any backend), for a
-        start that checks and moves the run in one statement. The same rules as
-        :meth:`_evaluate_with`; a test holds the two to the same verdicts."""
-        if self._allows_sql is None:
-            runs = cast(Table, OperationRun.__table__)
-            tenants = cast(Table, Tenant.__table__)
-            users = cast(Table, User.__table__)
-            self._allows_sql = and_(
-                runs.c.status != RunStatus.COMPLETED.value,
-                runs.c.type.in_(self._policy.covered_type_names()),
-                or_(
-                    runs.c.tenant_id.is_(None),
-                    exists().where(
-                        tenants.c.id == runs.c.tenant_id,
-                        tenants.c.is_active == true(),
-                        tenants.c.workspace_id == runs.c.workspace_id,
-                    ),
-                ),
-                or_(
-                    runs.c.user_id.is_(None),
-                    exists().where(users.c.id == runs.c.user_id, users.c.is_active == true()),
-                ),
-            )
-        return self._allows_sql
+    @property
+    def covered_types_json(self) -> str:
+        """The covered type names as the JSON object ``start_run`` checks a run's type
+        against (the type_covered check in SQL)."""
+        if self._covered_json is None:
+            self._covered_json = json.dumps(dict.fromkeys(self._policy.covered_type_names(), True))
+        return self._covered_json
 
     def evaluate_loaded(
         self, run: RunLike, tenant: TenantFacts | None, user_active: bool | None
@@ -151,38 +139,3 @@ class QueuedExecutionLegitimacyGate:
                 "type_covered": self._policy.supports(run.type),
             }
         )
-
-
-def legitimacy_sql(row: str, *, run: str, tenant: str, user: str) -> tuple[str, str]:
-    """The gate in SQL, for passes that assess in the database.
-
-    Returns ``(columns, result)``: ``columns`` are the check columns to select from
-    ``run`` LEFT JOINed with its ``tenant`` and ``user`` rows; ``result`` is the JSON of
-    :meth:`LegitimacyResult.to_dict` over a relation ``row`` holding those columns. The
-    rules are :meth:`QueuedExecutionLegitimacyGate._evaluate_with`'s, check for check
-    (a test holds the two to the same answers). Runs reaching it come from a scan of
-    non-terminal, covered runs, so those two checks hold by construction.
-    """
-    columns = ",\n".join(
-        (
-            "true AS run_non_terminal",
-            f"{run}.tenant_id IS NULL OR {tenant}.id IS NOT NULL AS tenant_exists",
-            f"{run}.tenant_id IS NULL OR COALESCE({tenant}.is_active, false) AS tenant_active",
-            f"{run}.tenant_id IS NULL OR COALESCE({tenant}.workspace_id = {run}.workspace_id,"
-            " false) AS tenant_in_workspace",
-            f"{run}.user_id IS NULL OR COALESCE({user}.is_active, false) AS user_active",
-            "true AS type_covered",
-        )
-    )
-    # Reason codes are this module's own constants, never outside input.
-    first_failed = (
-        "CASE "
-        + " ".join(f"WHEN NOT {row}.{name} THEN '{reason.value}'" for name, reason in _CHECKS)
-        + " END"
-    )
-    checks = ", ".join(f"'{name}', {row}.{name}" for name in CHECK_NAMES)
-    result = (
-        f"json_build_object('allowed', ({first_failed}) IS NULL, "
-        f"'reason_code', {first_failed}, 'checks', json_build_object({checks}))"
-    )
-    return columns, result

@@ -20,13 +20,13 @@ from sqlalchemy.orm import Session
 
 from models import OperationRun, RunOutcome, RunStatus
 from worker.lifecycle.evidence import scrub_and_truncate
+from worker.lifecycle.execution import record_retry
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.transitions import (
     cancel,
     complete,
     force_fail_non_terminal_run,
-    record_retry,
 )
 
 BRIDGE_SOURCE = "failed_job_bridge"

@@ -1,0 +1,97 @@
+"""The Python assessment of one run: the reference the SQL mirrors.
+
+SQLite passes, dry runs of a single run, ``reconcile_run`` and ``explain`` decide with
+this module; the PostgreSQL ``reconcile_pass`` statement decides the same in SQL, and the
+parity tests hold the two to identical changes. A new staleness rule is written here (and
+in :mod:`worker.lifecycle.freshness`), in ``reconcile_pass`` and in SQLite's
+``scan_stale_runs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from models import RunStatus
+from worker.lifecycle.evidence import iso
+from worker.lifecycle.freshness import OperationRunFreshnessState, RunLike, stale_window
+from worker.lifecycle.gate import LegitimacyResult
+from worker.lifecycle.policy import LifecyclePolicy
+from worker.lifecycle.reasons import ReasonCode
+from worker.lifecycle.reconciler.results import ReconcileChange
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """Why a run should be force-failed and the evidence recorded with it."""
+
+    should_reconcile: bool
+    reason_code: str
+    reason_message: str
+    freshness_state: OperationRunFreshnessState
+    evidence: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "should_reconcile": self.should_reconcile,
+            "reason_code": self.reason_code,
+            "reason_message": self.reason_message,
+            "evidence": self.evidence,
+        }
+
+
+def stale_reason(status: str) -> ReasonCode:
+    """The reason a stale run of ``status`` is failed for."""
+    return ReasonCode.STALE_QUEUED if status == RunStatus.QUEUED else ReasonCode.STALE_RUNNING
+
+
+def reconcilable(run: RunLike, policy: LifecyclePolicy, now: datetime) -> bool:
+    return (
+        run.status != RunStatus.COMPLETED
+        and policy.supports_scheduled_reconciliation(run.type)
+        and OperationRunFreshnessState.for_run(run, policy, now).is_likely_stale()
+    )
+
+
+def assess(
+    run: RunLike, policy: LifecyclePolicy, now: datetime, legitimacy: LegitimacyResult
+) -> Assessment | None:
+    """Why ``run`` (as loaded) should be force-failed at ``now``; None if it should not."""
+    if not reconcilable(run, policy, now):
+        return None
+    window = stale_window(run, policy)
+    assert window is not None  # covered and non-terminal, checked above
+    reason = stale_reason(run.status)
+    freshness = OperationRunFreshnessState.LIKELY_STALE
+    return Assessment(
+        should_reconcile=True,
+        reason_code=reason.value,
+        reason_message=reason.default_message,
+        freshness_state=freshness,
+        evidence={
+            "evaluated_at": iso(now),
+            "freshness_state": freshness.value,
+            "threshold_seconds": window.threshold_seconds,
+            "reference_time": iso(window.reference_time),
+            "status": str(run.status),
+            "execution_legitimacy": legitimacy.to_dict(),
+            "terminal_truth_path": policy.terminal_truth_path(run.type),
+        },
+    )
+
+
+def change_of(run: RunLike, assessment: Assessment, *, applied: bool) -> ReconcileChange:
+    return ReconcileChange(
+        applied=applied,
+        operation_run_id=run.id,
+        type=run.type,
+        before={
+            "status": str(run.status),
+            "outcome": str(run.outcome),
+            "freshness_state": assessment.freshness_state.value,
+        },
+        reason_code=assessment.reason_code,
+        reason_message=assessment.reason_message,
+        evidence=assessment.evidence,
+    )

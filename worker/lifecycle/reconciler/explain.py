@@ -1,0 +1,139 @@
+"""``runwarden explain``: the assessment of one run, with a sentence saying why it would
+(or would not) be failed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from models import OperationRun, RunStatus
+from worker.lifecycle.evidence import iso_or_none as _iso
+from worker.lifecycle.freshness import (
+    OperationRunFreshnessState,
+    RunLike,
+    StaleWindow,
+    stale_window,
+)
+from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGate
+from worker.lifecycle.listing import run_to_dict
+from worker.lifecycle.policy import LifecyclePolicy
+from worker.lifecycle.reconciler.assessment import Assessment, assess, stale_reason
+
+
+@dataclass(frozen=True, slots=True)
+class RunExplanation:
+    """Everything ``runwarden explain`` says about one run."""
+
+    run: dict[str, Any]
+    freshness_state: OperationRunFreshnessState
+    would_reconcile: bool
+    why: str
+    threshold_seconds: int | None
+    reference_time: datetime | None
+    stale_after: datetime | None
+    execution_legitimacy: LegitimacyResult
+    assessment: Assessment | None
+    reconciliation: Mapping[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "freshness_state": self.freshness_state.value,
+            "would_reconcile": self.would_reconcile,
+            "why": self.why,
+            "threshold_seconds": self.threshold_seconds,
+            "reference_time": _iso(self.reference_time),
+            "stale_after": _iso(self.stale_after),
+            "execution_legitimacy": self.execution_legitimacy.to_dict(),
+            "assessment": self.assessment.to_dict() if self.assessment else None,
+            "reconciliation": dict(self.reconciliation) if self.reconciliation else None,
+        }
+
+
+def explain(
+    session: Session,
+    run: OperationRun,
+    *,
+    policy: LifecyclePolicy,
+    gate: QueuedExecutionLegitimacyGate,
+    now: datetime,
+) -> RunExplanation:
+    freshness = OperationRunFreshnessState.for_run(run, policy, now)
+    legitimacy = gate.evaluate(session, run)
+    window = stale_window(run, policy)
+    reconciliation = (run.context or {}).get("reconciliation")
+    stale_after = (
+        window.reference_time + timedelta(seconds=window.threshold_seconds)
+        if window is not None
+        else None
+    )
+    assessment = assess(run, policy, now, legitimacy)
+    why = _why(
+        run,
+        policy=policy,
+        freshness=freshness,
+        window=window,
+        stale_after=stale_after,
+        now=now,
+        reconciliation=reconciliation,
+    )
+    return RunExplanation(
+        run=run_to_dict(run, freshness),
+        freshness_state=freshness,
+        would_reconcile=assessment is not None,
+        why=why,
+        threshold_seconds=window.threshold_seconds if window else None,
+        reference_time=window.reference_time if window else None,
+        stale_after=stale_after,
+        execution_legitimacy=legitimacy,
+        assessment=assessment,
+        reconciliation=reconciliation if isinstance(reconciliation, Mapping) else None,
+    )
+
+
+def _why(
+    run: RunLike,
+    *,
+    policy: LifecyclePolicy,
+    freshness: OperationRunFreshnessState,
+    window: StaleWindow | None,
+    stale_after: datetime | None,
+    now: datetime,
+    reconciliation: Any,
+) -> str:
+    if freshness is OperationRunFreshnessState.RECONCILED_FAILED:
+        record = reconciliation if isinstance(reconciliation, Mapping) else {}
+        return (
+            f"already reconciled: failed with {record.get('reason_code')} by "
+            f"{record.get('source')} at {record.get('reconciled_at')}; "
+            "a completed run is never changed again"
+        )
+    if run.status == RunStatus.COMPLETED:
+        return f"completed with outcome {run.outcome}; a completed run is never changed again"
+    if not policy.supports(run.type):
+        return (
+            f"type {run.type!r} is not covered by the lifecycle policy; "
+            "only covered types are reconciled"
+        )
+    assert window is not None and stale_after is not None
+    age = int((now - window.reference_time).total_seconds())
+    since = "queued" if run.status == RunStatus.QUEUED else "last sign of life"
+    if not policy.supports_scheduled_reconciliation(run.type):
+        return (
+            f"{run.status}, {since} {age} s ago, but type {run.type!r} has "
+            "scheduled_reconciliation = false; the reconciler never fails it"
+        )
+    if freshness is OperationRunFreshnessState.LIKELY_STALE:
+        reason = stale_reason(run.status)
+        return (
+            f"{run.status}, {since} {age} s ago, past its {window.threshold_seconds} s "
+            f"window: the next pass fails it with {reason.value}"
+        )
+    return (
+        f"{run.status}, {since} {age} s ago, within its {window.threshold_seconds} s "
+        f"window; likely stale after {stale_after.isoformat()}"
+    )

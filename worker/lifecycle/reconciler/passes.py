@@ -1,0 +1,169 @@
+"""The two passes, one per backend, chosen once per call by the reconciler.
+
+- :func:`statement_pass` (PostgreSQL): the whole pass is the named statement
+  ``reconcile_pass`` -- scan, gate, evidence, compare-and-set write, audit rows and the
+  change objects, built by the database. Python touches no row, so a backlog drains at
+  the speed of the database. A dry run is the same statement with ``dry_run`` set.
+- :func:`python_pass` (SQLite): the named scan ``scan_stale_runs``, the gate loaded in
+  bulk, the Python assessment per run, then the shared terminal write.
+
+Both take the same per-type policy rows (:func:`policy_rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from models import RunStatus
+from models.types import sqlite_timestamp
+from worker.lifecycle.evidence import dumps
+from worker.lifecycle.freshness import RunSnapshot
+from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
+from worker.lifecycle.policy import LifecyclePolicy
+from worker.lifecycle.reasons import ReasonCode
+from worker.lifecycle.reconciler.assessment import assess, change_of
+from worker.lifecycle.reconciler.options import ReconcileOptions
+from worker.lifecycle.reconciler.results import ReconcileChange, ReconcileResult
+from worker.lifecycle.sql import statement
+from worker.lifecycle.transitions import apply_terminal_transitions, forced_failure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PassPlan:
+    """What every pass of one call covers, validated once."""
+
+    options: ReconcileOptions
+    types: tuple[str, ...]
+    limit: int
+
+
+def policy_rows(
+    policy: LifecyclePolicy, types: Sequence[str], now: datetime, *, dialect: str
+) -> str:
+    """The per-type windows a pass judges by, as the JSON both named scans read: the
+    cutoffs (``now`` less each threshold) in the backend's own timestamp format."""
+    render = sqlite_timestamp if dialect == "sqlite" else datetime.isoformat
+    rows = []
+    for name in types:
+        queued_s = policy.queued_stale_after_seconds(name)
+        running_s = policy.running_stale_after_seconds(name)
+        rows.append(
+            {
+                "type": name,
+                "queued_s": queued_s,
+                "running_s": running_s,
+                "queued_cutoff": render(now - timedelta(seconds=queued_s)),
+                "running_cutoff": render(now - timedelta(seconds=running_s)),
+                "truth_path": policy.terminal_truth_path(name),
+            }
+        )
+    return dumps(rows)
+
+
+def statement_pass(
+    target: Connection | Session, policy: LifecyclePolicy, plan: PassPlan, now: datetime
+) -> ReconcileResult:
+    """One PostgreSQL pass: the ``reconcile_pass`` statement, one round trip."""
+    if not plan.types:
+        return ReconcileResult(0, 0, 0)
+    options = plan.options
+    params: dict[str, Any] = {
+        "policy": policy_rows(policy, plan.types, now, dialect="postgresql"),
+        "now": now,
+        "limit": plan.limit,
+        "source": options.source,
+        "dry_run": options.dry_run,
+        "tenant_ids": list(options.tenant_ids) or None,
+        "workspace_ids": list(options.workspace_ids) or None,
+        "stale_queued": ReasonCode.STALE_QUEUED.value,
+        "stale_queued_message": ReasonCode.STALE_QUEUED.default_message,
+        "stale_running": ReasonCode.STALE_RUNNING.value,
+        "stale_running_message": ReasonCode.STALE_RUNNING.default_message,
+        "audit_action": ReasonCode.STALE_RUNNING.audit_action,
+    }
+    row = target.execute(statement("postgresql", "reconcile_pass"), params).one()
+    candidates, reconciled = int(row.candidates), int(row.reconciled)
+    proposed = candidates if options.dry_run else reconciled
+    _log_pass(options, candidates, reconciled)
+    return ReconcileResult(
+        candidates, reconciled, candidates - proposed, changes_json=row.changes or "[]"
+    )
+
+
+def python_pass(
+    session: Session,
+    policy: LifecyclePolicy,
+    gate: QueuedExecutionLegitimacyGate,
+    plan: PassPlan,
+    now: datetime,
+) -> ReconcileResult:
+    """One SQLite pass in the caller's transaction (a write transaction unless dry)."""
+    if not plan.types:
+        return ReconcileResult(0, 0, 0)
+    options = plan.options
+    params = {
+        "policy": policy_rows(policy, plan.types, now, dialect="sqlite"),
+        "limit": plan.limit,
+        "tenant_ids": dumps(options.tenant_ids) if options.tenant_ids else None,
+        "workspace_ids": dumps(options.workspace_ids) if options.workspace_ids else None,
+    }
+    runs = [
+        RunSnapshot(*row) for row in session.execute(statement("sqlite", "scan_stale_runs"), params)
+    ]
+    legitimacy = gate.evaluate_many(session, runs)
+    proposed: list[ReconcileChange] = []
+    for run in runs:
+        assessment = assess(run, policy, now, legitimacy[run.id])
+        if assessment is not None:
+            proposed.append(change_of(run, assessment, applied=False))
+    if options.dry_run:
+        return ReconcileResult(len(runs), 0, len(runs) - len(proposed), tuple(proposed))
+    statuses = {run.id: RunStatus(run.status) for run in runs}
+    transitions = [
+        forced_failure(
+            change.operation_run_id,
+            reason_code=change.reason_code,
+            message=change.reason_message,
+            source=options.source,
+            evidence=change.evidence,
+            # CAS on the status judged: a queued run that started meanwhile must not be
+            # failed as "never started".
+            expected_status=statuses[change.operation_run_id],
+        )
+        for change in proposed
+    ]
+    won = set(apply_terminal_transitions(session, transitions, now=now))
+    applied = tuple(replace(c, applied=True) for c in proposed if c.operation_run_id in won)
+    # Per run at DEBUG only: a drain can fail thousands of runs, each has its audit row,
+    # and the periodic task logs one summary line per tick.
+    for change in applied:
+        logger.debug(
+            "force-failed operation run %s (%s)",
+            change.operation_run_id,
+            change.reason_code,
+            extra={
+                "operation_run_id": change.operation_run_id,
+                "reason_code": change.reason_code,
+                "source": options.source,
+            },
+        )
+    _log_pass(options, len(runs), len(applied))
+    return ReconcileResult(len(runs), len(applied), len(runs) - len(applied), applied)
+
+
+def _log_pass(options: ReconcileOptions, candidates: int, reconciled: int) -> None:
+    logger.debug(
+        "reconcile pass: %d candidates, %d reconciled",
+        candidates,
+        reconciled,
+        extra={"source": options.source, "reconciled": reconciled},
+    )

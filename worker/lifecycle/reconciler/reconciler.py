@@ -1,0 +1,197 @@
+"""The operation lifecycle reconciler: finds stale non-terminal runs and force-fails them
+with evidence.
+
+Ported from the seed's ``OperationLifecycleReconciler`` (same result shape, same
+assessment), with the contract's differences:
+
+- Staleness is decided in SQL with per-type cutoffs, so a block of fresh long-running runs
+  with low ids can never hide stale runs behind them (the seed filters after ``LIMIT``).
+- One transaction per pass: the scan locks its rows (``FOR UPDATE SKIP LOCKED`` on
+  PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite) and the writes are set-based -- a constant
+  number of statements per pass however many runs it fails (one on PostgreSQL).
+
+Which pass runs is decided once per call, in :meth:`OperationLifecycleReconciler._passes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from models import OperationRun, RunStatus, utcnow
+from worker.db import is_sqlite, read_session, write_session
+from worker.errors import InvalidOptionsError
+from worker.lifecycle.freshness import RunLike
+from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
+from worker.lifecycle.policy import LifecyclePolicy
+from worker.lifecycle.reconciler.assessment import Assessment, assess, change_of
+from worker.lifecycle.reconciler.explain import RunExplanation, explain
+from worker.lifecycle.reconciler.options import SCHEDULED_SOURCE, ReconcileOptions, scan_types
+from worker.lifecycle.reconciler.passes import PassPlan, python_pass, statement_pass
+from worker.lifecycle.reconciler.results import DrainResult, ReconcileChange, ReconcileResult
+from worker.lifecycle.transitions import end_run, forced_failure
+
+Options = ReconcileOptions | Mapping[str, Any] | None
+
+
+class OperationLifecycleReconciler:
+    def __init__(
+        self,
+        policy: LifecyclePolicy,
+        *,
+        now: Callable[[], datetime] = utcnow,
+        gate: QueuedExecutionLegitimacyGate | None = None,
+    ) -> None:
+        self._policy = policy
+        self._now = now
+        self._gate = gate or QueuedExecutionLegitimacyGate(policy)
+
+    @property
+    def policy(self) -> LifecyclePolicy:
+        return self._policy
+
+    # -- passes ------------------------------------------------------------------------
+
+    def reconcile(self, target: Session | Engine, options: Options = None) -> ReconcileResult:
+        """One pass. Given an engine, the pass is its own transaction (committed here);
+        given a session, it runs in the caller's transaction, which must be a write
+        transaction (:func:`worker.db.write_session`) unless it is a dry run."""
+        with self._passes(target, ReconcileOptions.coerce(options)) as run_pass:
+            return run_pass()
+
+    def drain(
+        self,
+        engine: Engine,
+        options: Options = None,
+        *,
+        max_passes: int | None = None,
+        budget_seconds: float | None = None,
+    ) -> DrainResult:
+        """Passes, each its own transaction, until one reconciles nothing (or the pass or
+        time budget is spent). ``limit`` is the size of each pass. Holds every change;
+        :meth:`iter_passes` streams them instead."""
+        candidates = reconciled = skipped = passes = 0
+        pieces: list[str] = []
+        for result in self.iter_passes(
+            engine, options, max_passes=max_passes, budget_seconds=budget_seconds
+        ):
+            passes += 1
+            candidates += result.candidates
+            reconciled += result.reconciled
+            skipped += result.skipped
+            items = result.changes_json_items()
+            if items:
+                pieces.append(items)
+        return DrainResult(
+            candidates, reconciled, skipped, changes_json=f"[{','.join(pieces)}]", passes=passes
+        )
+
+    def iter_passes(
+        self,
+        engine: Engine,
+        options: Options = None,
+        *,
+        max_passes: int | None = None,
+        budget_seconds: float | None = None,
+    ) -> Iterator[ReconcileResult]:
+        """Yield each pass's result as it commits, until a pass reconciles nothing (or
+        the pass or time budget is spent)."""
+        options = ReconcileOptions.coerce(options)
+        if options.dry_run:
+            # A dry pass changes nothing, so the next one would find the same runs forever.
+            raise InvalidOptionsError("drain cannot be combined with dry_run")
+        deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
+        with self._passes(engine, options) as run_pass:
+            passes = 0
+            while max_passes is None or passes < max_passes:
+                result = run_pass()
+                passes += 1
+                yield result
+                if result.reconciled == 0:
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+
+    @contextlib.contextmanager
+    def _passes(
+        self, target: Session | Engine, options: ReconcileOptions
+    ) -> Iterator[Callable[[], ReconcileResult]]:
+        """The one place that picks the pass: a callable running one pass at the clock of
+        its call. PostgreSQL: the statement pass, in the caller's session or on one
+        autocommit connection for all passes (one statement is one transaction). SQLite:
+        the Python pass, in the caller's session or one transaction per pass."""
+        plan = PassPlan(
+            options=options,
+            types=scan_types(self._policy, options),
+            limit=options.limit or self._policy.reconciliation_batch_limit(),
+        )
+        policy, gate = self._policy, self._gate
+        if not is_sqlite(target):
+            if isinstance(target, Session):
+                yield lambda: statement_pass(target, policy, plan, self._now())
+                return
+            connection = target.connect().execution_options(isolation_level="AUTOCOMMIT")
+            with connection:
+                yield lambda: statement_pass(connection, policy, plan, self._now())
+            return
+        if isinstance(target, Session):
+            yield lambda: python_pass(target, policy, gate, plan, self._now())
+            return
+        # A dry run writes nothing, so it takes no write lock (no BEGIN IMMEDIATE).
+        open_session = read_session if options.dry_run else write_session
+
+        def one_transaction() -> ReconcileResult:
+            with open_session(target) as session:
+                return python_pass(session, policy, gate, plan, self._now())
+
+        yield one_transaction
+
+    # -- single runs (the seed's reconcileRun / assessment) ---------------------------
+
+    def reconcile_run(
+        self,
+        session: Session,
+        run: RunLike,
+        dry_run: bool = False,
+        *,
+        source: str = SCHEDULED_SOURCE,
+    ) -> ReconcileChange | None:
+        """Assess ``run`` as loaded and, unless ``dry_run``, force-fail it if stale.
+
+        ``None`` when there is nothing to do -- including when the run completed (or
+        started) after it was loaded: compare-and-set leaves it alone.
+        """
+        now = self._now()
+        assessment = self.assessment(session, run, now=now)
+        if assessment is None:
+            return None
+        change = change_of(run, assessment, applied=False)
+        if dry_run:
+            return change
+        transition = forced_failure(
+            run.id,
+            reason_code=assessment.reason_code,
+            message=assessment.reason_message,
+            source=source,
+            evidence=assessment.evidence,
+            expected_status=RunStatus(run.status),
+        )
+        return replace(change, applied=True) if end_run(session, transition, now=now) else None
+
+    def assessment(
+        self, session: Session, run: RunLike, *, now: datetime | None = None
+    ) -> Assessment | None:
+        """Why ``run`` (as loaded) should be force-failed; ``None`` if it should not."""
+        now = now or self._now()
+        return assess(run, self._policy, now, self._gate.evaluate(session, run))
+
+    def explain(self, session: Session, run: OperationRun) -> RunExplanation:
+        """The assessment of one run with a sentence saying why it would (not) be failed."""
+        return explain(session, run, policy=self._policy, gate=self._gate, now=self._now())

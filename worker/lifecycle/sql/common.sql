@@ -1,0 +1,43 @@
+-- Statements both backends run as written. Bind parameters are :name (SQLAlchemy's
+-- text()); casts are written CAST(x AS t), never x::t. A statement runs in psql as it
+-- stands once its parameters are set (\set run_id 1 ... and :'name' for text).
+
+-- name: start_run
+-- Start attempt :retries + 1 of a run where the legitimacy gate allows it, returning what the body needs (no row: not started).
+-- A first delivery starts a queued run; retry() republishes before its attempt ends, so
+-- a retry delivery starts a running run whose attempts equal its retries. A duplicate
+-- delivery of an attempt already started matches neither branch. The gate's checks are
+-- QueuedExecutionLegitimacyGate's (a test holds the two to the same verdicts); the run
+-- must be of a covered type (:covered_types is a JSON object keyed by type name).
+UPDATE operation_runs SET
+    status = 'running',
+    attempts = :retries + 1,
+    started_at = COALESCE(started_at, :now),
+    last_heartbeat_at = :now,
+    updated_at = :now
+WHERE id = :run_id
+  AND (status = 'queued' OR (:retries > 0 AND status = 'running' AND attempts = :retries))
+  AND type IN (SELECT key FROM json_each(:covered_types))
+  AND (tenant_id IS NULL OR EXISTS (
+        SELECT 1 FROM tenants AS t
+        WHERE t.id = operation_runs.tenant_id
+          AND t.is_active
+          AND t.workspace_id = operation_runs.workspace_id))
+  AND (user_id IS NULL OR EXISTS (
+        SELECT 1 FROM users AS u WHERE u.id = operation_runs.user_id AND u.is_active))
+RETURNING id, type, workspace_id, tenant_id, user_id, context;
+
+-- name: heartbeat
+-- Record that a running run is alive; a run that ended meanwhile is not touched.
+UPDATE operation_runs SET last_heartbeat_at = :now, updated_at = :now
+WHERE id = :run_id AND status = 'running';
+
+-- name: complete_run
+-- A task's own end, recording nothing beside the row: a running run completes with the outcome its body reported (compare-and-set on running).
+UPDATE operation_runs SET
+    status = 'completed',
+    outcome = :outcome,
+    completed_at = :now,
+    updated_at = :now,
+    summary_counts = COALESCE(:summary_counts, summary_counts)
+WHERE id = :run_id AND status = 'running';

@@ -1,0 +1,198 @@
+-- PostgreSQL statements. Bind parameters are :name (SQLAlchemy's text()); casts are
+-- written CAST(x AS t), never x::t. Non-terminal statuses are literals everywhere: with a
+-- bound list, a prepared statement's generic plan cannot prove the partial index
+-- predicate of ix_operation_runs_active_scan and scans every completed run.
+
+-- name: reconcile_pass
+-- One reconciliation pass as one statement: stale scan, legitimacy gate, evidence, compare-and-set write with its audit rows, and the pass's result; with :dry_run the same result and no write.
+-- :policy is a JSON array of {type, queued_s, running_s, queued_cutoff, running_cutoff,
+-- truth_path}, one per type the pass covers. :tenant_ids and :workspace_ids are NULL
+-- (every run) or arrays. The scan walks ix_operation_runs_active_scan in its own order,
+-- (type, status, created_at, id), and stops at :limit whatever the ties in created_at:
+-- ORDER BY id would walk the primary key past every completed run, and a tie-breaker the
+-- index does not carry sorts every stale run left on every pass. The rows stay locked
+-- (SKIP LOCKED: concurrent reconcilers split the work), so the write updates straight
+-- from them. The Python reference is worker/lifecycle/reconciler/assessment.py; a test
+-- holds the two to identical changes.
+WITH policy AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:policy AS jsonb)) AS p(
+        type text, queued_s int, running_s int, queued_cutoff timestamptz,
+        running_cutoff timestamptz, truth_path text)
+), candidates AS (
+    SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
+           CASE WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
+               AS threshold_seconds,
+           CASE WHEN r.status = 'queued' THEN r.created_at
+                ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at) END
+               AS reference_time,
+           p.truth_path
+    FROM operation_runs AS r JOIN policy AS p ON p.type = r.type
+    WHERE r.status IN ('queued', 'running')
+      AND CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
+               ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
+                    < p.running_cutoff END
+      AND (CAST(:tenant_ids AS bigint[]) IS NULL
+           OR r.tenant_id = ANY(CAST(:tenant_ids AS bigint[])))
+      AND (CAST(:workspace_ids AS bigint[]) IS NULL
+           OR r.workspace_id = ANY(CAST(:workspace_ids AS bigint[])))
+    ORDER BY r.type, r.status, r.created_at, r.id
+    LIMIT :limit
+    FOR UPDATE OF r SKIP LOCKED
+), gated AS (
+    -- The gate's checks (QueuedExecutionLegitimacyGate). A scanned run is non-terminal
+    -- and of a covered type by construction.
+    SELECT c.*,
+           c.tenant_id IS NULL OR t.id IS NOT NULL AS tenant_exists,
+           c.tenant_id IS NULL OR COALESCE(t.is_active, false) AS tenant_active,
+           c.tenant_id IS NULL OR COALESCE(t.workspace_id = c.workspace_id, false)
+               AS tenant_in_workspace,
+           c.user_id IS NULL OR COALESCE(u.is_active, false) AS user_active
+    FROM candidates AS c
+    LEFT JOIN tenants AS t ON t.id = c.tenant_id
+    LEFT JOIN users AS u ON u.id = c.user_id
+), assessed AS (
+    SELECT g.*,
+           CASE WHEN g.status = 'queued' THEN CAST(:stale_queued AS text)
+                ELSE CAST(:stale_running AS text) END AS reason_code,
+           CASE WHEN g.status = 'queued' THEN CAST(:stale_queued_message AS text)
+                ELSE CAST(:stale_running_message AS text) END AS reason_message,
+           -- The first failing check names the gate's reason, in the gate's order.
+           CASE WHEN NOT g.tenant_exists THEN 'execution.tenant_missing'
+                WHEN NOT g.tenant_active THEN 'execution.tenant_inactive'
+                WHEN NOT g.tenant_in_workspace THEN 'execution.tenant_workspace_mismatch'
+                WHEN NOT g.user_active THEN 'execution.user_inactive' END
+               AS legitimacy_reason,
+           -- evidence.iso's format: UTC, always microseconds.
+           to_char(CAST(:now AS timestamptz) AT TIME ZONE 'UTC',
+                   'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS evaluated_at,
+           to_char(g.reference_time AT TIME ZONE 'UTC',
+                   'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS reference_iso
+    FROM gated AS g
+), v AS MATERIALIZED (
+    SELECT a.id, a.type, a.status, a.outcome, a.reason_code, a.reason_message,
+           a.evaluated_at,
+           json_build_object(
+               'evaluated_at', a.evaluated_at,
+               'freshness_state', 'likely_stale',
+               'threshold_seconds', a.threshold_seconds,
+               'reference_time', a.reference_iso,
+               'status', a.status,
+               'execution_legitimacy', json_build_object(
+                   'allowed', a.legitimacy_reason IS NULL,
+                   'reason_code', a.legitimacy_reason,
+                   'checks', json_build_object(
+                       'run_non_terminal', true,
+                       'tenant_exists', a.tenant_exists,
+                       'tenant_active', a.tenant_active,
+                       'tenant_in_workspace', a.tenant_in_workspace,
+                       'user_active', a.user_active,
+                       'type_covered', true)),
+               'terminal_truth_path', a.truth_path) AS evidence
+    FROM assessed AS a
+), updated AS (
+    UPDATE operation_runs AS r SET
+        status = 'completed',
+        outcome = 'failed',
+        completed_at = :now,
+        updated_at = :now,
+        context = jsonb_set(r.context, '{reconciliation}', jsonb_build_object(
+            'reason_code', v.reason_code,
+            'reason_message', v.reason_message,
+            'source', CAST(:source AS text),
+            'evidence', CAST(v.evidence AS jsonb),
+            'reconciled_at', v.evaluated_at)),
+        failure_summary = r.failure_summary || jsonb_build_array(jsonb_build_object(
+            'reason_code', v.reason_code, 'message', v.reason_message))
+    FROM v
+    -- Compare-and-set on the status judged: the rows are locked, but a queued run that
+    -- started meanwhile must never be failed as "never started".
+    WHERE r.id = v.id
+      AND r.status IN ('queued', 'running')
+      AND r.status = v.status
+      AND NOT CAST(:dry_run AS boolean)
+    RETURNING r.id, r.workspace_id, r.tenant_id
+), audited AS (
+    INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
+                            resource_type, resource_id, metadata, recorded_at)
+    SELECT u.workspace_id, u.tenant_id, 'system', CAST(:source AS text),
+           CAST(:audit_action AS text), 'operation_run', CAST(u.id AS text),
+           jsonb_build_object('reason_code', v.reason_code,
+                              'reason_message', v.reason_message,
+                              'source', CAST(:source AS text),
+                              'outcome', 'failed',
+                              'evidence', CAST(v.evidence AS jsonb)),
+           :now
+    FROM updated AS u JOIN v ON v.id = u.id
+)
+SELECT (SELECT count(*) FROM v) AS candidates,
+       (SELECT count(*) FROM updated) AS reconciled,
+       (SELECT CAST(json_agg(json_build_object(
+            'applied', NOT CAST(:dry_run AS boolean),
+            'operation_run_id', v.id,
+            'type', v.type,
+            'before', json_build_object('status', v.status,
+                                        'outcome', v.outcome,
+                                        'freshness_state', 'likely_stale'),
+            'after', json_build_object('status', 'completed', 'outcome', 'failed',
+                                       'freshness_state', 'reconciled_failed'),
+            'reason_code', v.reason_code,
+            'reason_message', v.reason_message,
+            'evidence', v.evidence) ORDER BY v.id) AS text)
+        FROM v
+        WHERE CAST(:dry_run AS boolean) OR v.id IN (SELECT u.id FROM updated AS u)) AS changes;
+
+-- name: end_runs
+-- The terminal write of a batch of runs: compare-and-set on the status, one audit row for each run won with an audit action; returns the ids won.
+-- :payload is a JSON array of TerminalTransition.payload() objects; a key left out is
+-- NULL and leaves its column alone. Rows are locked in id order first, so transactions
+-- writing overlapping batches queue on each other instead of deadlocking; the status is
+-- re-checked in the UPDATE itself.
+WITH v AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+        id bigint, outcome text, expected_status text, record_key text, record jsonb,
+        failure jsonb, summary_counts jsonb, source text, audit_action text)
+), locked AS MATERIALIZED (
+    SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
+    WHERE r.status IN ('queued', 'running')
+    ORDER BY r.id
+    FOR UPDATE OF r
+), updated AS (
+    UPDATE operation_runs AS r SET
+        status = 'completed',
+        outcome = v.outcome,
+        completed_at = :now,
+        updated_at = :now,
+        context = CASE WHEN v.record_key IS NULL THEN r.context
+                       ELSE jsonb_set(r.context, ARRAY[v.record_key], v.record) END,
+        failure_summary = CASE WHEN v.failure IS NULL THEN r.failure_summary
+                               ELSE r.failure_summary || jsonb_build_array(v.failure) END,
+        summary_counts = COALESCE(v.summary_counts, r.summary_counts)
+    FROM v JOIN locked ON locked.id = v.id
+    WHERE r.id = v.id
+      AND r.status IN ('queued', 'running')
+      AND (v.expected_status IS NULL OR r.status = v.expected_status)
+    RETURNING r.id, r.workspace_id, r.tenant_id
+), audited AS (
+    INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
+                            resource_type, resource_id, metadata, recorded_at)
+    SELECT u.workspace_id, u.tenant_id, 'system', v.source, v.audit_action,
+           'operation_run', CAST(u.id AS text),
+           jsonb_build_object('reason_code', v.record -> 'reason_code',
+                              'reason_message', v.record -> 'reason_message',
+                              'source', v.source,
+                              'outcome', v.outcome,
+                              'evidence', v.record -> 'evidence'),
+           :now
+    FROM updated AS u JOIN v ON v.id = u.id
+    WHERE v.audit_action IS NOT NULL
+)
+SELECT u.id FROM updated AS u;
+
+-- name: record_retry
+-- A retry was scheduled: the run stays running, with the failed attempt's evidence as context.bridge.last_retry.
+UPDATE operation_runs SET
+    context = jsonb_set(context, '{bridge}',
+                        COALESCE(context -> 'bridge', CAST('{}' AS jsonb))
+                        || jsonb_build_object('last_retry', CAST(:last_retry AS jsonb))),
+    updated_at = :now
+WHERE id = :run_id AND status = 'running';

@@ -1,0 +1,87 @@
+-- SQLite statements (the embedded default). Bind parameters are :name (SQLAlchemy's
+-- text()). Timestamps are stored as fixed-width UTC text ('YYYY-MM-DD HH:MM:SS.ffffff'),
+-- so comparing them as text compares them in time. JSON arguments are JSON text.
+
+-- name: scan_stale_runs
+-- The stale runs a pass assesses in Python, oldest first in the active index's order, at most :limit (PostgreSQL assesses in reconcile_pass).
+-- :policy is the JSON array reconcile_pass takes, its cutoffs in the stored format;
+-- :tenant_ids and :workspace_ids are NULL (every run) or JSON arrays.
+SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
+       r.created_at, r.started_at, r.last_heartbeat_at
+FROM operation_runs AS r
+JOIN (SELECT json_extract(value, '$.type') AS type,
+             json_extract(value, '$.queued_cutoff') AS queued_cutoff,
+             json_extract(value, '$.running_cutoff') AS running_cutoff
+      FROM json_each(:policy)) AS p ON p.type = r.type
+WHERE r.status IN ('queued', 'running')
+  AND CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
+           ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
+                < p.running_cutoff END
+  AND (:tenant_ids IS NULL OR r.tenant_id IN (SELECT value FROM json_each(:tenant_ids)))
+  AND (:workspace_ids IS NULL
+       OR r.workspace_id IN (SELECT value FROM json_each(:workspace_ids)))
+ORDER BY r.type, r.status, r.created_at, r.id
+LIMIT :limit;
+
+-- name: end_runs
+-- The terminal write of a batch of runs: compare-and-set on the status; returns the ids won (audit_ended_runs writes their audit rows).
+-- :payload is a JSON array of TerminalTransition.payload() objects; a key left out is
+-- NULL and leaves its column alone. The transaction began with BEGIN IMMEDIATE.
+UPDATE operation_runs SET
+    status = 'completed',
+    outcome = v.outcome,
+    completed_at = :now,
+    updated_at = :now,
+    context = CASE WHEN v.record_key IS NULL THEN operation_runs.context
+                   ELSE json_set(operation_runs.context, '$.' || v.record_key, json(v.record))
+              END,
+    failure_summary = CASE WHEN v.failure IS NULL THEN operation_runs.failure_summary
+                           ELSE json_insert(operation_runs.failure_summary, '$[#]',
+                                            json(v.failure))
+                      END,
+    summary_counts = COALESCE(v.summary_counts, operation_runs.summary_counts)
+FROM (
+    SELECT json_extract(value, '$.id') AS id,
+           json_extract(value, '$.outcome') AS outcome,
+           json_extract(value, '$.expected_status') AS expected_status,
+           json_extract(value, '$.record_key') AS record_key,
+           json_extract(value, '$.record') AS record,
+           json_extract(value, '$.failure') AS failure,
+           json_extract(value, '$.summary_counts') AS summary_counts
+    FROM json_each(:payload)
+) AS v
+WHERE operation_runs.id = v.id
+  AND operation_runs.status IN ('queued', 'running')
+  AND (v.expected_status IS NULL OR operation_runs.status = v.expected_status)
+RETURNING operation_runs.id;
+
+-- name: audit_ended_runs
+-- One audit row for each run end_runs won (:won_ids, a JSON array) whose transition has an audit action, in the same transaction.
+-- SQLite has no INSERT inside the WITH of an UPDATE, so this is a second statement; the
+-- metadata is end_runs' PostgreSQL audit row's, key for key.
+INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
+                        resource_type, resource_id, metadata, recorded_at)
+SELECT r.workspace_id, r.tenant_id, 'system',
+       json_extract(v.value, '$.source'),
+       json_extract(v.value, '$.audit_action'),
+       'operation_run', CAST(r.id AS TEXT),
+       json_object('reason_code', json_extract(v.value, '$.record.reason_code'),
+                   'reason_message', json_extract(v.value, '$.record.reason_message'),
+                   'source', json_extract(v.value, '$.source'),
+                   'outcome', json_extract(v.value, '$.outcome'),
+                   'evidence', json(json_extract(v.value, '$.record.evidence'))),
+       :now
+FROM json_each(:payload) AS v
+JOIN operation_runs AS r ON r.id = json_extract(v.value, '$.id')
+WHERE json_extract(v.value, '$.audit_action') IS NOT NULL
+  AND r.id IN (SELECT value FROM json_each(:won_ids))
+ORDER BY v.key;
+
+-- name: record_retry
+-- A retry was scheduled: the run stays running, with the failed attempt's evidence as context.bridge.last_retry.
+UPDATE operation_runs SET
+    context = json_set(context, '$.bridge',
+                       json_set(COALESCE(json_extract(context, '$.bridge'), '{}'),
+                                '$.last_retry', json(:last_retry))),
+    updated_at = :now
+WHERE id = :run_id AND status = 'running';
