@@ -54,12 +54,15 @@ class OperationRun(Base):
             "(status = 'completed') = (outcome <> 'pending')", name="terminal_iff_decided"
         ),
         # Serves the reconciliation scan: only non-terminal rows are in it, so an idle
-        # pass costs the same over 10k or 10M finished runs.
+        # pass costs the same over 10k or 10M finished runs. It carries the scan's
+        # tie-breaker (id), so a pass reads no further than its batch even when thousands
+        # of runs share a creation time (bulk-created in one transaction).
         Index(
             "ix_operation_runs_active_scan",
             "type",
             "status",
             "created_at",
+            "id",
             postgresql_where=text(NON_TERMINAL_SQL),
             sqlite_where=text(NON_TERMINAL_SQL),
         ),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from itertools import product
 from typing import Any
 
 from sqlalchemy import Engine
@@ -72,3 +74,64 @@ def make_run(
         session.add(run)
         session.flush()
         return run.id
+
+
+_OUTCOME_OF = {"queued": "pending", "running": "pending", "completed": "succeeded"}
+
+
+def seed_gate_combinations(
+    engine: Engine,
+    *,
+    types: Sequence[str],
+    statuses: Sequence[str] = ("queued", "running"),
+    heartbeats: Sequence[bool] = (False,),
+    now: datetime | None = None,
+    age_seconds: float = 0,
+    spacing_seconds: float = 1,
+) -> list[int]:
+    """One run for every combination of tenant (none, active, inactive, of another
+    workspace, inactive of another workspace), user (none, active, inactive), type, status
+    and heartbeat; each run ``age_seconds`` old and ``spacing_seconds`` older than the one
+    before, so none share a creation time. Returns their ids in creation order."""
+    now = now or utcnow()
+    run_ids = []
+    with write_session(engine) as session:
+        home, other = Workspace(name="home"), Workspace(name="other")
+        session.add_all([home, other])
+        session.flush()
+        tenants = {
+            "active": Tenant(workspace_id=home.id, name="a", is_active=True),
+            "inactive": Tenant(workspace_id=home.id, name="i", is_active=False),
+            "elsewhere": Tenant(workspace_id=other.id, name="e", is_active=True),
+            "elsewhere_inactive": Tenant(workspace_id=other.id, name="ei", is_active=False),
+        }
+        users = {
+            "active": User(email=f"a-{home.id}@example.test", is_active=True),
+            "inactive": User(email=f"i-{home.id}@example.test", is_active=False),
+        }
+        session.add_all([*tenants.values(), *users.values()])
+        session.flush()
+        combinations = product([None, *tenants], [None, *users], statuses, types, heartbeats)
+        for index, (tenant, user, status, type_, beat) in enumerate(combinations):
+            created = now - timedelta(seconds=age_seconds + index * spacing_seconds)
+            started = created + timedelta(seconds=5) if status != "queued" else None
+            run = OperationRun(
+                workspace_id=home.id,
+                tenant_id=tenants[tenant].id if tenant else None,
+                user_id=users[user].id if user else None,
+                type=type_,
+                status=status,
+                outcome=_OUTCOME_OF[status],
+                attempts=0 if status == "queued" else 1,
+                created_at=created,
+                updated_at=created,
+                started_at=started,
+                completed_at=now if status == "completed" else None,
+                last_heartbeat_at=(
+                    created + timedelta(seconds=7) if beat and status == "running" else None
+                ),
+            )
+            session.add(run)
+            session.flush()
+            run_ids.append(run.id)
+    return run_ids

@@ -4,14 +4,13 @@ be the Python gate's, for every combination of tenant, user, type and status."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from itertools import product
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from models import AuditLog, OperationRun, Tenant, User, Workspace, utcnow
-from tests.factories import make_run, seed_tenancy
+from models import AuditLog, OperationRun, utcnow
+from tests.factories import make_run, seed_gate_combinations, seed_tenancy
 from worker.db import read_session, statement_session, write_session
 from worker.lifecycle import execution as x
 from worker.lifecycle.execution import StartDecision, start_execution
@@ -26,46 +25,12 @@ POLICY = LifecyclePolicy(
 )
 
 
-def _seed(engine: Engine) -> list[int]:
-    ids = []
-    with write_session(engine) as session:
-        home, other = Workspace(name="home"), Workspace(name="other")
-        session.add_all([home, other])
-        session.flush()
-        tenants = {
-            "active": Tenant(workspace_id=home.id, name="a", is_active=True),
-            "inactive": Tenant(workspace_id=home.id, name="i", is_active=False),
-            "elsewhere": Tenant(workspace_id=other.id, name="e", is_active=True),
-        }
-        users = {
-            "active": User(email="a@example.test", is_active=True),
-            "inactive": User(email="i@example.test", is_active=False),
-        }
-        session.add_all([*tenants.values(), *users.values()])
-        session.flush()
-        for tenant, user, type_, (status, outcome) in product(
-            [None, *tenants],
-            [None, *users],
-            ["inventory.sync", "not.covered"],
-            [("queued", "pending"), ("running", "pending"), ("completed", "succeeded")],
-        ):
-            run = OperationRun(
-                workspace_id=home.id,
-                tenant_id=tenants[tenant].id if tenant else None,
-                user_id=users[user].id if user else None,
-                type=type_,
-                status=status,
-                outcome=outcome,
-                attempts=1 if status == "running" else 0,
-            )
-            session.add(run)
-            session.flush()
-            ids.append(run.id)
-    return ids
-
-
 def test_start__sql_gate_agrees_with_python_gate_for_every_combination(engine: Engine) -> None:
-    run_ids = _seed(engine)
+    run_ids = seed_gate_combinations(
+        engine,
+        types=("inventory.sync", "not.covered"),
+        statuses=("queued", "running", "completed"),
+    )
     gate = QueuedExecutionLegitimacyGate(POLICY)
     for run_id in run_ids:
         with read_session(engine) as session:

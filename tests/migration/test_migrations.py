@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect, select
 
 from migrations import VERSION_TABLE
-from models import Base
+from models import Base, OperationRun, Workspace
 from worker.db import build_engine
 from worker.migrate import downgrade, upgrade
 
@@ -46,4 +46,24 @@ def test_migrations__downgrade_base_then_upgrade_again(db_url: str) -> None:
     finally:
         engine.dispose()
     upgrade(db_url)
+    assert _diff(db_url) == []
+
+
+def test_migrations__upgrade_from_each_revision_keeps_the_runs(db_url: str) -> None:
+    downgrade(db_url, "0001")
+    engine = build_engine(db_url)
+    try:
+        # Revision 0001 has every column the models write here.
+        with engine.begin() as conn:
+            conn.execute(insert(Workspace), {"id": 1, "name": "w"})
+            conn.execute(
+                insert(OperationRun),
+                {"workspace_id": 1, "type": "inventory.sync", "status": "queued"},
+            )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(select(OperationRun.type, OperationRun.status)).all()
+        assert [tuple(row) for row in rows] == [("inventory.sync", "queued")]
+    finally:
+        engine.dispose()
     assert _diff(db_url) == []

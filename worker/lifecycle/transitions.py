@@ -41,6 +41,8 @@ __all__ = [
     "forced_failure",
 ]
 
+Evidence = Mapping[str, Any] | None
+
 #: The outcomes a task may claim for itself; blocked and cancelled are runwarden's verdicts.
 TASK_OUTCOMES = frozenset({RunOutcome.SUCCEEDED, RunOutcome.PARTIALLY_SUCCEEDED, RunOutcome.FAILED})
 
@@ -205,8 +207,7 @@ def force_fail_non_terminal_run(
         expected_status=expected_status,
         record_key=record_key,
     )
-    _require(transition, RunOutcome.FAILED, reason_code)
-    return end_run(session, transition, now=now)
+    return _end_as(session, transition, RunOutcome.FAILED, now=now)
 
 
 def block(
@@ -214,44 +215,36 @@ def block(
     run_id: int,
     *,
     reason_code: str,
-    message: str | None = None,
     source: str,
-    evidence: Mapping[str, Any] | None = None,
+    evidence: Evidence,
     now: datetime,
 ) -> bool:
     """The legitimacy gate refused the run: it completes as ``blocked``."""
     transition = forced_failure(
-        run_id,
-        reason_code=reason_code,
-        message=message,
-        source=source,
-        evidence=evidence,
-        record_key="legitimacy",
+        run_id, reason_code=reason_code, source=source, evidence=evidence, record_key="legitimacy"
     )
-    _require(transition, RunOutcome.BLOCKED, reason_code)
-    return end_run(session, transition, now=now)
+    return _end_as(session, transition, RunOutcome.BLOCKED, now=now)
 
 
 def cancel(
-    session: Session,
-    run_id: int,
-    *,
-    reason_code: str = ReasonCode.CANCELLED,
-    message: str | None = None,
-    source: str,
-    evidence: Mapping[str, Any] | None = None,
-    now: datetime,
+    session: Session, run_id: int, *, source: str, evidence: Evidence = None, now: datetime
 ) -> bool:
     """The task was revoked with terminate: the run completes as ``cancelled``."""
     transition = forced_failure(
         run_id,
-        reason_code=reason_code,
-        message=message,
+        reason_code=ReasonCode.CANCELLED,
         source=source,
         evidence=evidence,
         record_key="bridge",
     )
-    _require(transition, RunOutcome.CANCELLED, reason_code)
+    return _end_as(session, transition, RunOutcome.CANCELLED, now=now)
+
+
+def _end_as(
+    session: Session, transition: TerminalTransition, outcome: RunOutcome, *, now: datetime
+) -> bool:
+    if transition.outcome is not outcome:
+        raise ValueError(f"{transition.reason_code!r} does not end a run as {outcome.value}")
     return end_run(session, transition, now=now)
 
 
@@ -277,11 +270,6 @@ def complete(
         summary_counts=summary_counts,
     )
     return end_run(session, transition, now=now)
-
-
-def _require(transition: TerminalTransition, outcome: RunOutcome, reason_code: str) -> None:
-    if transition.outcome is not outcome:
-        raise ValueError(f"{reason_code!r} does not end a run as {outcome.value}")
 
 
 def _rowcount(result: Any) -> int:

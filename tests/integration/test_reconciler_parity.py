@@ -1,26 +1,26 @@
-"""PostgreSQL passes assess in SQL; they must say exactly what the Python assessment says.
+"""The named SQL of a pass must say exactly what the Python reference says.
 
-The dry run takes the Python path (scan, bulk gate, evidence built per run); the real pass
-on PostgreSQL is one statement that gates and builds evidence in the database. Same runs,
-same clock: the changes must be the same, check for check.
+On PostgreSQL a pass (and its dry run) is one statement that scans, gates and builds the
+evidence in the database; on SQLite the scan is SQL and the rest Python. The reference is
+the per-run assessment (``OperationLifecycleReconciler.assessment``: freshness, gate,
+evidence in Python). Same runs, same clock: the changes must be the same, check for check.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from itertools import product
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
-from models import AuditLog, OperationRun, Tenant, User, Workspace, utcnow
+from models import AuditLog, OperationRun, Tenant, Workspace, utcnow
+from tests.factories import seed_gate_combinations
 from worker.db import build_engine, read_session, write_session
 from worker.lifecycle.evidence import iso
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler
-
-pytestmark = pytest.mark.postgres
+from worker.lifecycle.reconciler.assessment import change_of
 
 POLICY = LifecyclePolicy(
     batch_limit=500,
@@ -49,85 +49,50 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def _seed_every_gate_combination(engine: Engine, now: datetime) -> list[int]:
-    run_ids = []
-    with write_session(engine) as session:
-        home, other = Workspace(name="home"), Workspace(name="other")
-        session.add_all([home, other])
-        session.flush()
-        tenants = {
-            "active": Tenant(workspace_id=home.id, name="a", is_active=True),
-            "inactive": Tenant(workspace_id=home.id, name="i", is_active=False),
-            "elsewhere": Tenant(workspace_id=other.id, name="e", is_active=True),
-            "elsewhere_inactive": Tenant(workspace_id=other.id, name="ei", is_active=False),
-        }
-        users = {
-            "active": User(email="a@example.test", is_active=True),
-            "inactive": User(email="i@example.test", is_active=False),
-        }
-        session.add_all([*tenants.values(), *users.values()])
-        session.flush()
-        combos = product(
-            [None, *tenants],
-            [None, *users],
-            ["queued", "running"],
-            ["inventory.sync", "report.export"],
-            [False, True],  # heartbeat present
-        )
-        for index, (tenant, user, status, type_, beat) in enumerate(combos):
-            created = now - timedelta(seconds=3600 + index)
-            run = OperationRun(
-                workspace_id=home.id,
-                tenant_id=tenants[tenant].id if tenant else None,
-                user_id=users[user].id if user else None,
-                type=type_,
-                status=status,
-                created_at=created,
-                updated_at=created,
-                started_at=created + timedelta(seconds=5) if status == "running" else None,
-                last_heartbeat_at=(
-                    created + timedelta(seconds=7) if beat and status == "running" else None
-                ),
-            )
-            session.add(run)
-            session.flush()
-            run_ids.append(run.id)
-        # Fresh runs the pass must leave alone.
-        for type_ in ("inventory.sync", "report.export"):
-            session.add(
-                OperationRun(
-                    workspace_id=home.id,
-                    type=type_,
-                    status="running",
-                    started_at=now,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-    return run_ids
+def _reference(engine: Engine, reconciler: OperationLifecycleReconciler) -> dict[int, Any]:
+    """The Python reference's verdict on every run: its change, for the runs it would fail."""
+    with read_session(engine) as session:
+        predicted = {}
+        for run in session.scalars(select(OperationRun)).all():
+            assessment = reconciler.assessment(session, run)
+            if assessment is not None:
+                predicted[run.id] = change_of(run, assessment, applied=True).to_dict()
+    return predicted
 
 
-def test_sql_pass__changes_match_the_python_assessment_check_for_check(pg_url: str) -> None:
-    engine = build_engine(pg_url)
+def test_pass__changes_match_the_python_reference_check_for_check(engine: Engine) -> None:
+    """The named SQL (reconcile_pass on PostgreSQL; scan_stale_runs on SQLite) selects and
+    describes exactly the runs the Python reference would fail, and a dry run says the
+    same without writing."""
     now = utcnow()
-    stale_ids = _seed_every_gate_combination(engine, now)
+    stale_ids = seed_gate_combinations(
+        engine,
+        types=("inventory.sync", "report.export"),
+        heartbeats=(False, True),
+        now=now,
+        age_seconds=3600,
+    )
+    fresh_ids = seed_gate_combinations(
+        engine, types=("inventory.sync", "report.export"), now=now, spacing_seconds=0.01
+    )
     reconciler = OperationLifecycleReconciler(POLICY, now=lambda: now)
+    expected = _reference(engine, reconciler)
+    assert sorted(expected) == sorted(stale_ids)
 
-    predicted = reconciler.reconcile(engine, {"dry_run": True})  # the Python path
-    applied = reconciler.reconcile(engine)  # the SQL path
+    dry = reconciler.reconcile(engine, {"dry_run": True})
+    applied = reconciler.reconcile(engine)
 
     assert (applied.candidates, applied.reconciled, applied.skipped) == (
         len(stale_ids),
         len(stale_ids),
         0,
     )
-    assert sorted(c.operation_run_id for c in applied.changes) == sorted(stale_ids)
-    python = {c.operation_run_id: c.to_dict() for c in predicted.changes}
     sql = {c.operation_run_id: c.to_dict() for c in applied.changes}
-    assert set(python) == set(sql)
+    preview = {c.operation_run_id: c.to_dict() for c in dry.changes}
+    assert set(sql) == set(preview) == set(expected)
     for run_id, change in sql.items():
-        expected = {**python[run_id], "applied": True}
-        assert _normalise(change) == _normalise(expected), run_id
+        assert _normalise(change) == _normalise(expected[run_id]), run_id
+        assert _normalise(preview[run_id]) == _normalise({**expected[run_id], "applied": False})
     # Every gate verdict is exercised, not just "allowed".
     verdicts = {c["evidence"]["execution_legitimacy"]["reason_code"] for c in sql.values()}
     assert verdicts == {
@@ -149,22 +114,30 @@ def test_sql_pass__changes_match_the_python_assessment_check_for_check(pg_url: s
         assert runs[run_id].failure_summary == [
             {"reason_code": change["reason_code"], "message": change["reason_message"]}
         ]
-        assert audits[str(run_id)].metadata_["reason_code"] == change["reason_code"]
-        assert _normalise(audits[str(run_id)].metadata_["evidence"]) == _normalise(
-            change["evidence"]
-        )
+        audit = audits[str(run_id)]
+        assert audit.action == "operation_run.force_failed"
+        assert audit.metadata_["reason_code"] == change["reason_code"]
+        assert audit.metadata_["outcome"] == "failed"
+        assert _normalise(audit.metadata_["evidence"]) == _normalise(change["evidence"])
     assert len(audits) == len(stale_ids)
-    engine.dispose()
+    assert all(runs[i].status != "completed" for i in fresh_ids)
 
 
-def test_sql_pass__scoped_by_tenant_and_workspace(pg_url: str) -> None:
-    engine = build_engine(pg_url)
+def test_pass__scoped_by_tenant_and_workspace(engine: Engine) -> None:
     now = utcnow()
-    _seed_every_gate_combination(engine, now)
+    seed_gate_combinations(
+        engine,
+        types=("inventory.sync", "report.export"),
+        heartbeats=(False, True),
+        now=now,
+        age_seconds=3600,
+    )
     reconciler = OperationLifecycleReconciler(POLICY, now=lambda: now)
     with read_session(engine) as session:
         tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == "a"))
-    result = reconciler.reconcile(engine, {"tenant_ids": [tenant_id], "workspace_ids": [1]})
+    with read_session(engine) as session:
+        home = session.scalar(select(Workspace.id).where(Workspace.name == "home"))
+    result = reconciler.reconcile(engine, {"tenant_ids": [tenant_id], "workspace_ids": [home]})
     with read_session(engine) as session:
         mine = set(
             session.scalars(
@@ -181,10 +154,10 @@ def test_sql_pass__scoped_by_tenant_and_workspace(pg_url: str) -> None:
     assert {c.operation_run_id for c in result.changes} == mine
     assert len(mine) == 24
     assert others_done == []
-    engine.dispose()
 
 
-def test_sql_pass__timestamps_are_written_exactly_as_python_writes_them(pg_url: str) -> None:
+@pytest.mark.postgres
+def test_pass__timestamps_are_written_exactly_as_python_writes_them(pg_url: str) -> None:
     # Fractions with trailing zeros (and none at all) are where formats drift apart.
     engine = build_engine(pg_url)
     now = datetime(2026, 11, 26, 12, 0, 0, 120000, tzinfo=UTC)
@@ -203,7 +176,11 @@ def test_sql_pass__timestamps_are_written_exactly_as_python_writes_them(pg_url: 
             )
         )
     reconciler = OperationLifecycleReconciler(POLICY, now=lambda: now)
-    predicted = reconciler.reconcile(engine, {"dry_run": True}).changes[0].evidence
+    with read_session(engine) as session:
+        loaded = session.scalars(select(OperationRun)).one()
+        reference = reconciler.assessment(session, loaded)
+    assert reference is not None
+    predicted = reference.evidence
     (change,) = reconciler.reconcile(engine).changes
     assert change.evidence["evaluated_at"] == predicted["evaluated_at"] == iso(now)
     assert change.evidence["evaluated_at"] == "2026-11-26T12:00:00.120000+00:00"
