@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.exc import DBAPIError
@@ -19,26 +21,23 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
-    url = url or get_settings().resolved_database_url
-    engine = build_engine(url)
-    try:
-        with engine.begin() as connection:
-            config = alembic_config(url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-    except DBAPIError as exc:
-        raise unavailable(exc, url) from exc
-    finally:
-        engine.dispose()
+    _run(command.upgrade, url, revision)
 
 
 def downgrade(url: str | None = None, revision: str = "base") -> None:
+    _run(command.downgrade, url, revision)
+
+
+def _run(step: Callable[[Config, str], None], url: str | None, revision: str) -> None:
+    # One transaction for the whole step: a migration that fails half way leaves nothing.
     url = url or get_settings().resolved_database_url
     engine = build_engine(url)
     try:
         with engine.begin() as connection:
             config = alembic_config(url)
             config.attributes["connection"] = connection
-            command.downgrade(config, revision)
+            step(config, revision)
+    except DBAPIError as exc:
+        raise unavailable(exc, url) from exc
     finally:
         engine.dispose()

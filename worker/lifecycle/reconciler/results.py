@@ -109,19 +109,15 @@ class ReconcileResult:
 
 
 class DrainResult(ReconcileResult):
+    """The sums of a drain's passes, all their changes (as the database's JSON), and how
+    many passes ran."""
+
     __slots__ = ("passes",)
 
     def __init__(
-        self,
-        candidates: int,
-        reconciled: int,
-        skipped: int,
-        changes: Sequence[ReconcileChange] = (),
-        *,
-        changes_json: str | None = None,
-        passes: int = 0,
+        self, candidates: int, reconciled: int, skipped: int, *, changes_json: str, passes: int
     ) -> None:
-        super().__init__(candidates, reconciled, skipped, changes, changes_json=changes_json)
+        super().__init__(candidates, reconciled, skipped, changes_json=changes_json)
         self.passes = passes
 
     def to_dict(self) -> dict[str, Any]:
