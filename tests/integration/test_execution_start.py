@@ -13,6 +13,7 @@ from models import AuditLog, OperationRun, utcnow
 from tests.factories import make_run, seed_gate_combinations, seed_tenancy
 from worker.db import read_session, statement_session, write_session
 from worker.lifecycle import execution as x
+from worker.lifecycle.evidence import iso
 from worker.lifecycle.execution import StartDecision, start_execution
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
@@ -141,11 +142,35 @@ def test_heartbeat__only_running_runs(engine: Engine, ids: dict[str, int]) -> No
 def test_record_retry__keeps_run_running_with_last_error(
     engine: Engine, ids: dict[str, int]
 ) -> None:
-    run_id = make_run(engine, workspace_id=ids["workspace_id"], status="running", attempts=1)
-    with write_session(engine) as session:
-        assert x.record_retry(
-            session, run_id, evidence={"exception_type": "IOError", "retries": 0}, now=utcnow()
-        )
+    run_id = make_run(
+        engine,
+        workspace_id=ids["workspace_id"],
+        status="running",
+        attempts=1,
+        context={"inputs": {"full": True}, "bridge": {"note": "kept"}},
+    )
+    now = utcnow()
+    for retries, error in ((0, "IOError"), (1, "TimeoutError")):
+        with write_session(engine) as session:
+            assert x.record_retry(
+                session, run_id, evidence={"exception_type": error, "retries": retries}, now=now
+            )
     run = _run(engine, run_id)
     assert run.status == "running"
-    assert run.context["bridge"]["last_retry"]["exception_type"] == "IOError"
+    # The latest attempt's error replaces the earlier one; the rest of the context stays.
+    assert run.context == {
+        "inputs": {"full": True},
+        "bridge": {
+            "note": "kept",
+            "last_retry": {"exception_type": "TimeoutError", "retries": 1, "recorded_at": iso(now)},
+        },
+    }
+
+
+def test_record_retry__a_run_that_is_not_running_is_not_touched(
+    engine: Engine, ids: dict[str, int]
+) -> None:
+    run_id = make_run(engine, workspace_id=ids["workspace_id"], status="queued")
+    with write_session(engine) as session:
+        assert not x.record_retry(session, run_id, evidence={"retries": 0}, now=utcnow())
+    assert _run(engine, run_id).context == {}
