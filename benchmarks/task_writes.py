@@ -49,19 +49,35 @@ def main() -> int:
             conn.execute(insert(Tenant), {"id": 1, "workspace_id": 1, "name": "t"})
             conn.execute(insert(User), {"id": 1, "email": "u@example.test"})
             run = {"workspace_id": 1, "tenant_id": 1, "user_id": 1, "type": "type2.run"}
-            conn.execute(insert(OperationRun), [run] * (blocks * BLOCK))
+            conn.execute(
+                insert(OperationRun),
+                [{**run, "celery_task_id": f"task-{i}"} for i in range(1, blocks * BLOCK + 1)],
+            )
         gate = QueuedExecutionLegitimacyGate(POLICY)
         per_task_ms = []
         for block in range(blocks):
             started = time.perf_counter()
             for run_id in range(block * BLOCK + 1, (block + 1) * BLOCK + 1):
                 with statement_session(engine) as session:
-                    start = start_execution(session, run_id, gate=gate, retries=0, now=utcnow())
+                    start = start_execution(
+                        session,
+                        run_id,
+                        gate=gate,
+                        celery_task_id=f"task-{run_id}",
+                        retries=0,
+                        now=utcnow(),
+                    )
                     assert start.started, start
                 with statement_session(engine) as session:
                     counts = {"items": 1}
                     assert complete(
-                        session, run_id, outcome="succeeded", summary_counts=counts, now=utcnow()
+                        session,
+                        run_id,
+                        outcome="succeeded",
+                        summary_counts=counts,
+                        attempt=1,
+                        celery_task_id=f"task-{run_id}",
+                        now=utcnow(),
                     )
             per_task_ms.append((time.perf_counter() - started) / BLOCK * 1000)
         engine.dispose()

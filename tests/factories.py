@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from itertools import product
@@ -59,6 +60,9 @@ def make_run(
         fields.setdefault("last_heartbeat_at", now - timedelta(seconds=heartbeat_age_seconds))
     if status == "completed":
         fields.setdefault("completed_at", now)
+    # Every run has its message's task id, and a run past queued has started an attempt.
+    fields.setdefault("celery_task_id", str(uuid.uuid4()))
+    fields.setdefault("attempts", 0 if status == "queued" else 1)
     with write_session(engine) as session:
         run = OperationRun(
             workspace_id=workspace_id,
@@ -123,6 +127,7 @@ def seed_gate_combinations(
                 status=status,
                 outcome=_OUTCOME_OF[status],
                 attempts=0 if status == "queued" else 1,
+                celery_task_id=str(uuid.uuid4()),
                 created_at=created,
                 updated_at=created,
                 started_at=started,

@@ -83,6 +83,8 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
             outcome = bridge_success(
                 session,
                 run_id=int(result["operation_run_id"]),
+                attempt=int(result["attempt"]),
+                celery_task_id=str(result["celery_task_id"]),
                 outcome=result["outcome"],
                 summary_counts=result.get("summary_counts"),
                 now=utcnow(),
@@ -91,9 +93,11 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         logger.exception("bridge could not record the success of %s", getattr(request, "id", "?"))
         return
     if outcome is not BridgeOutcome.APPLIED:
-        # A reconciler or a revoke ended the run first; its verdict stands.
+        # A reconciler or a revoke ended the run first (its verdict stands), or the run
+        # now belongs to another delivery.
         logger.warning(
-            "operation run %s finished but had already ended; its completion is not recorded",
+            "operation run %s finished but had already ended or is no longer this "
+            "delivery's; its completion is not recorded",
             result.get("operation_run_id"),
             extra={"operation_run_id": result.get("operation_run_id")},
         )
@@ -107,7 +111,9 @@ def _on_failure(
         return
     facts = _facts(task_id, name, getattr(sender, "request", None))
     reason = reason_for_exception(exception) if exception is not None else ReasonCode.JOB_FAILED
-    _apply_failure("task_failure", facts, reason, exception)
+    # The body of attempt retries + 1 failed (when the request says which delivery).
+    attempts = None if facts.retries is None else facts.retries + 1
+    _apply_failure("task_failure", facts, reason, exception, attempts=attempts)
 
 
 def _apply_failure(
@@ -116,6 +122,8 @@ def _apply_failure(
     reason: ReasonCode,
     exception: BaseException | None,
     extra: dict[str, Any] | None = None,
+    *,
+    attempts: int | None,
 ) -> None:
     try:
         with statement_session() as session:
@@ -126,6 +134,7 @@ def _apply_failure(
                 exception=exception,
                 policy=current_policy(),
                 now=utcnow(),
+                attempts=attempts,
                 extra_evidence=extra,
             )
     except Exception:
@@ -167,8 +176,16 @@ def _on_revoked(
         return
     facts = _facts(task_id, name, request)
     if expired:
-        # Discarded before it ran: the body never started, the message is gone.
-        _apply_failure("task_revoked", facts, ReasonCode.EXPIRED, None, {"expired": True})
+        # Discarded before it ran: the body never started, the message is gone. Its run
+        # is this message's only while no later attempt started.
+        _apply_failure(
+            "task_revoked",
+            facts,
+            ReasonCode.EXPIRED,
+            None,
+            {"expired": True},
+            attempts=facts.retries,
+        )
         return
     try:
         with statement_session() as session:
@@ -191,7 +208,8 @@ def _on_unknown(name: str | None = None, id: str | None = None, **_: Any) -> Non
         hostname=socket.gethostname(),
         pid=os.getpid(),
     )
-    _apply_failure("task_unknown", facts, ReasonCode.TASK_UNKNOWN, None)
+    # No worker knows the task: every delivery of this message is unknown alike.
+    _apply_failure("task_unknown", facts, ReasonCode.TASK_UNKNOWN, None, attempts=None)
 
 
 def connect() -> None:

@@ -19,17 +19,20 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Never
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models import RunOutcome, utcnow
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app, tick_limits
 from worker.db import get_engine, statement_session
 from worker.dispatch import operation_task_name
 from worker.errors import InvalidOptionsError, RunwardenError
-from worker.lifecycle.execution import StartDecision, StartedRun, start_execution
+from worker.lifecycle.evidence import scrub_and_truncate
+from worker.lifecycle.execution import StartDecision, StartedRun, parse_run_id, start_execution
 from worker.lifecycle.execution import heartbeat as heartbeat_transition
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy
@@ -81,9 +84,16 @@ class RunContext(StartedRun):
         return cls(**{f.name: getattr(run, f.name) for f in fields(StartedRun)}, _task=task)
 
     def heartbeat(self) -> bool:
-        """Record that the run is alive; False means it ended meanwhile (stop working)."""
+        """Record that the run is alive; False means it ended meanwhile, or another
+        delivery owns it now (stop working)."""
         with statement_session() as session:
-            return heartbeat_transition(session, self.id, now=utcnow())
+            return heartbeat_transition(
+                session,
+                self.id,
+                attempt=self.attempt,
+                celery_task_id=self.celery_task_id,
+                now=utcnow(),
+            )
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Any:
         """Retry this attempt later (raises Celery's ``Retry``)."""
@@ -112,8 +122,22 @@ def _facts(task: Task) -> TaskFacts:
     )
 
 
+#: A start that hits a database error is tried this often in place, then its message goes
+#: back to the broker: an error before the body starts never fails the run and never
+#: counts as one of its retries.
+START_TRIES = 3
+START_RETRY_DELAY_SECONDS = 0.5
+#: Errors of a database that is down, restarting, locked or out of connections.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+
+
 class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
     """Base of every operation task: guards the start, runs the body, reports its result.
+
+    The start runs in :meth:`before_start`, which Celery calls before ``run`` and outside
+    it: ``autoretry_for`` wraps ``run`` only, so a start error can never turn into one of
+    the body's retries, and ``Ignore``/``Reject`` raised there are handled as they are in
+    the body (no ``task_failure``).
 
     ``typing = False``: the body's signature ``(run, **inputs)`` is not the message's
     (``operation_run_id=``). ``ignore_result``: the run row is the result; a SUCCESS stored
@@ -128,36 +152,67 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
     operation_type: str = ""
     body: OperationBody | None = None
 
-    def execute_operation(self, operation_run_id: int) -> dict[str, Any]:
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        self.request.runwarden_run = self._guarded_start(task_id, kwargs)
+
+    def _guarded_start(self, task_id: str, kwargs: Any) -> StartedRun:
+        raw = kwargs.get("operation_run_id") if isinstance(kwargs, Mapping) else None
+        run_id = parse_run_id(raw)
+        if run_id is None:
+            # Refused before anything is read: never truncate 2.7 to run 2.
+            self._not_executed(raw, "invalid_run_id", None)
+        gate = _gate(current_policy())
+        for attempt in range(1, START_TRIES + 1):
+            try:
+                with statement_session() as session:
+                    start = start_execution(
+                        session,
+                        run_id,
+                        gate=gate,
+                        celery_task_id=str(task_id),
+                        retries=int(self.request.retries or 0),
+                        now=utcnow(),
+                        evidence=_facts(self).to_dict(),
+                    )
+                break
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                if attempt == START_TRIES:
+                    logger.warning(
+                        "operation run %s could not start (%s); its message goes back to "
+                        "the broker",
+                        run_id,
+                        scrub_and_truncate(f"{type(exc).__name__}: {exc}", 300),
+                        extra={"operation_run_id": run_id, "celery_task_id": task_id},
+                    )
+                    raise Reject(requeue=True) from None
+                time.sleep(START_RETRY_DELAY_SECONDS * attempt)
+        if not start.started or start.run is None:
+            self._not_executed(run_id, start.decision.value, start.reason_code)
+        return start.run
+
+    def _not_executed(self, run_id: object, decision: str, reason_code: str | None) -> Never:
+        blocked = decision == StartDecision.BLOCKED.value
+        logger.log(
+            logging.INFO if blocked else logging.WARNING,
+            "operation run %r not executed: %s",
+            run_id,
+            decision,
+            extra={
+                "operation_run_id": run_id,
+                "decision": decision,
+                "reason_code": reason_code,
+                "celery_task_id": self.request.id,
+            },
+        )
+        # Ignore: no result, no task_success/task_failure, message acknowledged.
+        raise Ignore()
+
+    def execute_operation(self) -> dict[str, Any]:
         if self.body is None:  # pragma: no cover - operation() always sets it
             raise RuntimeError(f"{self.name} has no body")
-        gate = _gate(current_policy())
-        with statement_session() as session:
-            start = start_execution(
-                session,
-                int(operation_run_id),
-                gate=gate,
-                retries=int(self.request.retries or 0),
-                now=utcnow(),
-                evidence=_facts(self).to_dict(),
-            )
-        if not start.started or start.run is None:
-            level = logging.INFO if start.decision is StartDecision.BLOCKED else logging.WARNING
-            logger.log(
-                level,
-                "operation run %s not executed: %s",
-                operation_run_id,
-                start.decision.value,
-                extra={
-                    "operation_run_id": operation_run_id,
-                    "decision": start.decision.value,
-                    "reason_code": start.reason_code,
-                    "celery_task_id": self.request.id,
-                },
-            )
-            # Ignore: no result, no task_success/task_failure, message acknowledged.
-            raise Ignore()
-        run = start.run
+        run: StartedRun | None = getattr(self.request, "runwarden_run", None)
+        if run is None:
+            raise RuntimeError(f"{self.name} runs only in a worker, after its guarded start")
         returned = self.body(RunContext.of_started(run, self), **run.inputs)
         if returned is None:
             returned = OperationResult()
@@ -166,8 +221,14 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
                 f"operation {self.operation_type!r} returned {type(returned).__name__}; "
                 "return an OperationResult or None"
             )
-        # task_success (worker/bridge.py) completes the run with this.
-        return {"operation_run_id": run.id, **returned.to_dict()}
+        # task_success (worker/bridge.py) completes the run with this, fenced on the
+        # delivery that ran the body.
+        return {
+            "operation_run_id": run.id,
+            "attempt": run.attempt,
+            "celery_task_id": run.celery_task_id,
+            **returned.to_dict(),
+        }
 
 
 def operation(type_name: str, **task_options: Any) -> Callable[[OperationBody], Any]:
@@ -181,8 +242,9 @@ def operation(type_name: str, **task_options: Any) -> Callable[[OperationBody], 
 
     def decorate(body: OperationBody) -> Any:
         @functools.wraps(body)
-        def run(task: OperationTask, operation_run_id: int, **_: Any) -> dict[str, Any]:
-            return task.execute_operation(operation_run_id)
+        def run(task: OperationTask, **_: Any) -> dict[str, Any]:
+            # The message's operation_run_id was read (and validated) by the start.
+            return task.execute_operation()
 
         return app.task(
             name=operation_task_name(type_name),

@@ -684,7 +684,14 @@ def test_reconcile_run__run_completed_by_another_connection_after_the_read_is_no
         assert reconciler.assessment(session, loaded) is not None
     # ...then the task finished on its own through another connection...
     with write_session(engine) as session:
-        assert transitions.complete(session, run_id, outcome="succeeded", now=utcnow())
+        assert transitions.complete(
+            session,
+            run_id,
+            outcome="succeeded",
+            attempt=loaded.attempts,
+            celery_task_id=str(loaded.celery_task_id),
+            now=utcnow(),
+        )
     # ...so the write loses the compare-and-set and the completion stands.
     with write_session(engine) as session:
         assert reconciler.reconcile_run(session, loaded) is None
@@ -702,7 +709,9 @@ def test_reconcile_run__queued_run_started_after_the_read_is_not_failed_as_never
     loaded = _run(engine, run_id)
     with write_session(engine) as session:
         gate = QueuedExecutionLegitimacyGate(POLICY)
-        assert start_run(session, run_id, gate=gate, retries=0, now=utcnow()) is not None
+        task_id = str(loaded.celery_task_id)
+        started = start_run(session, run_id, gate=gate, celery_task_id=task_id, retries=0, now=now)
+        assert started is not None
     with write_session(engine) as session:
         assert reconciler.reconcile_run(session, loaded) is None
     assert _statuses(engine)[run_id] == ("running", "pending")

@@ -49,7 +49,12 @@ def _completer_process(url: str, run_ids: list[int], start: Any, results: Any) -
             with write_session(engine) as session:
                 for run_id in run_ids[offset : offset + 10]:
                     if transitions.complete(
-                        session, run_id, outcome=RunOutcome.SUCCEEDED, now=utcnow()
+                        session,
+                        run_id,
+                        outcome=RunOutcome.SUCCEEDED,
+                        attempt=1,
+                        celery_task_id=f"task-{run_id}",
+                        now=utcnow(),
                     ):
                         won.append(run_id)
             if offset == 300:
@@ -81,6 +86,8 @@ def test_reconcile__concurrent_reconcilers_and_completions_give_one_transition_p
                 "n": RUNS,
             },
         )
+        # Each run carries its message's task id, as dispatch writes it.
+        session.execute(text("UPDATE operation_runs SET celery_task_id = 'task-' || id"))
     with read_session(engine) as session:
         run_ids = list(session.scalars(select(OperationRun.id).order_by(OperationRun.id)))
     to_complete = random.Random(7).sample(run_ids, COMPLETIONS)

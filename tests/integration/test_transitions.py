@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -16,6 +18,12 @@ def _run(engine: Engine, run_id: int) -> OperationRun:
         run = session.get(OperationRun, run_id)
         assert run is not None
         return run
+
+
+def _owner(engine: Engine, run_id: int) -> dict[str, Any]:
+    """The fence of the delivery that owns the run: its current attempt and task id."""
+    run = _run(engine, run_id)
+    return {"attempt": run.attempts, "celery_task_id": run.celery_task_id}
 
 
 def _audits(engine: Engine, run_id: int) -> list[AuditLog]:
@@ -183,13 +191,16 @@ def test_complete__only_a_running_run_completes_and_without_audit(
     queued = make_run(engine, workspace_id=ids["workspace_id"])
     running = make_run(engine, workspace_id=ids["workspace_id"], status="running")
     with write_session(engine) as session:
-        assert not t.complete(session, queued, outcome=RunOutcome.SUCCEEDED, now=utcnow())
+        assert not t.complete(
+            session, queued, outcome=RunOutcome.SUCCEEDED, now=utcnow(), **_owner(engine, queued)
+        )
         assert t.complete(
             session,
             running,
             outcome="partially_succeeded",
             summary_counts={"items": 2},
             now=utcnow(),
+            **_owner(engine, running),
         )
     run = _run(engine, running)
     assert (run.status, run.outcome, run.summary_counts) == (
@@ -207,5 +218,46 @@ def test_complete__refuses_an_outcome_a_task_cannot_claim(
 ) -> None:
     run_id = make_run(engine, workspace_id=ids["workspace_id"], status="running")
     with pytest.raises(ValueError), write_session(engine) as session:
-        t.complete(session, run_id, outcome="blocked", now=utcnow())
+        t.complete(session, run_id, outcome="blocked", now=utcnow(), **_owner(engine, run_id))
     assert _run(engine, run_id).status == "running"
+
+
+@pytest.mark.parametrize(
+    "stranger",
+    [{"attempt": 2}, {"celery_task_id": "another-task-id"}, {"attempt": 0}],
+    ids=["a later attempt", "another task id", "an earlier attempt"],
+)
+def test_complete__a_delivery_that_does_not_own_the_run_changes_nothing(
+    engine: Engine, ids: dict[str, int], stranger: dict[str, Any]
+) -> None:
+    run_id = make_run(engine, workspace_id=ids["workspace_id"], status="running")
+    with write_session(engine) as session:
+        won = t.complete(
+            session,
+            run_id,
+            outcome="succeeded",
+            now=utcnow(),
+            **{**_owner(engine, run_id), **stranger},
+        )
+    assert not won
+    assert (_run(engine, run_id).status, _run(engine, run_id).outcome) == ("running", "pending")
+
+
+def test_force_fail__fenced_on_a_delivery_that_no_longer_owns_the_run(
+    engine: Engine, ids: dict[str, int]
+) -> None:
+    run_id = make_run(engine, workspace_id=ids["workspace_id"], status="running", attempts=2)
+    owner = _owner(engine, run_id)
+    with write_session(engine) as session:
+        assert not t.force_fail_non_terminal_run(
+            session,
+            run_id,
+            reason_code=ReasonCode.JOB_FAILED,
+            source="bridge",
+            now=utcnow(),
+            record_key="bridge",
+            expected_attempt=1,  # the failure of attempt 1, reported after attempt 2 began
+            expected_task_id=owner["celery_task_id"],
+        )
+    assert _run(engine, run_id).status == "running"
+    assert _audits(engine, run_id) == []

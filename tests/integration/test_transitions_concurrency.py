@@ -30,7 +30,14 @@ def _racer(url: str, worker: int, run_ids: list[int], queue: multiprocessing.Que
             # as a task's completion is.
             for run_id in order:
                 with write_session(engine) as session:
-                    if t.complete(session, run_id, outcome=RunOutcome.SUCCEEDED, now=utcnow()):
+                    if t.complete(
+                        session,
+                        run_id,
+                        outcome=RunOutcome.SUCCEEDED,
+                        attempt=1,
+                        celery_task_id=f"task-{run_id}",
+                        now=utcnow(),
+                    ):
                         won.append((run_id, "succeeded"))
         else:
             # Reconciler-like batches that overlap other processes' batches in random order.
@@ -62,6 +69,8 @@ def test_terminal_writes__racing_processes_produce_exactly_one_transition_per_ru
             ),
             {"ws": ids["workspace_id"], "n": RUNS},
         )
+        # Each run carries its message's task id, as dispatch writes it.
+        session.execute(text("UPDATE operation_runs SET celery_task_id = 'task-' || id"))
     with read_session(engine) as session:
         run_ids = list(session.scalars(select(OperationRun.id)).all())
 

@@ -84,6 +84,14 @@ running_stale_after_seconds = 600
 queued_stale_after_seconds = 600
 running_stale_after_seconds = 600
 direct_failed_bridge = false
+
+[types."test.hold"]
+queued_stale_after_seconds = 600
+running_stale_after_seconds = 600
+
+[types."test.hold_retrying"]
+queued_stale_after_seconds = 600
+running_stale_after_seconds = 600
 """
 
 
@@ -117,6 +125,8 @@ class LiveWorker:
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: more environment for the worker (a module's own fault set-up)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     # -- observing ---------------------------------------------------------------------
 
@@ -192,6 +202,7 @@ class LiveWorker:
             "RUNWARDEN_POLICY_FILE": str(self.policy_file),
             "RUNWARDEN_TEST_EXECUTIONS_DIR": str(self.executions_dir),
             "PYTHONPATH": str(REPO),
+            **self.extra_env,
         }
         argv = [
             sys.executable,
@@ -297,11 +308,18 @@ def worker_db_url(
 
 
 @pytest.fixture(scope="module")
+def worker_extra_env() -> dict[str, str]:
+    """More environment for the module's worker; a module overrides it for its faults."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def live_worker(
     worker_backend: str,
     worker_db_url: str,
     worker_policy_file: Path,
     redis_server: RedisServer,
+    worker_extra_env: dict[str, str],
 ) -> Iterator[LiveWorker]:
     workdir = Path(tempfile.mkdtemp(prefix="rw-worker-"))
     executions = workdir / "executions"
@@ -316,6 +334,7 @@ def live_worker(
         policy_file=worker_policy_file,
         executions_dir=executions,
         log_file=workdir / "worker.log",
+        extra_env=worker_extra_env,
     )
     point_app_at(worker.broker_url, worker.backend_url)
     worker.start()

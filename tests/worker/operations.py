@@ -84,3 +84,22 @@ def crash(run: RunContext, **inputs: Any) -> None:
 def nobridge(run: RunContext, **inputs: Any) -> None:
     record_execution(run, inputs)
     raise ValueError("left to the reconciler")
+
+
+#: How long a held body runs: long enough for a duplicate delivery to arrive, hit a
+#: database fault in its start and get over it while this one is still running.
+HOLD_SECONDS = 4.0
+
+
+@operation("test.hold")
+def hold(run: RunContext, **inputs: Any) -> OperationResult:
+    record_execution(run, inputs)
+    time.sleep(HOLD_SECONDS)
+    return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})
+
+
+@operation("test.hold_retrying", autoretry_for=(Exception,), max_retries=3, default_retry_delay=0.2)
+def hold_retrying(run: RunContext, **inputs: Any) -> OperationResult:
+    record_execution(run, inputs)
+    time.sleep(HOLD_SECONDS)
+    return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
-from models import OperationRun, Tenant, User
+from models import OperationRun, RunStatus, Tenant, User
 from worker.lifecycle.evidence import dumps, iso
 from worker.lifecycle.freshness import RUN_SNAPSHOT_COLUMNS, RunSnapshot
 from worker.lifecycle.gate import (
@@ -28,7 +28,6 @@ from worker.lifecycle.gate import (
     QueuedExecutionLegitimacyGate,
     TenantFacts,
 )
-from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.sql import statement
 from worker.lifecycle.transitions import block, dialect_of
 
@@ -41,6 +40,7 @@ _START_QUERY = (
     select(
         *_RUN_COLUMNS,
         OperationRun.attempts,
+        OperationRun.celery_task_id,
         Tenant.id,
         Tenant.workspace_id,
         Tenant.is_active,
@@ -60,6 +60,8 @@ class StartDecision(StrEnum):
     ALREADY_TERMINAL = "already_terminal"
     #: this attempt is already running under another delivery of the same message.
     DUPLICATE = "duplicate"
+    #: the message's task id is not the run's: a hand-made or stale message.
+    NOT_OWNER = "not_owner"
     MISSING = "missing"
 
 
@@ -74,18 +76,22 @@ class StartedRun:
     user_id: int | None
     inputs: dict[str, Any]
     attempt: int
+    #: the delivery's task id: with ``attempt``, the fence of every write it makes.
+    celery_task_id: str
 
     @classmethod
-    def of(cls, run: Any, context: Mapping[str, Any] | None, *, attempt: int) -> StartedRun:
-        inputs = (context or {}).get("inputs") or {}
+    def of(cls, row: Any, *, attempt: int, celery_task_id: str) -> StartedRun:
+        """From ``start_run``'s returned row."""
+        inputs = (row.context or {}).get("inputs") or {}
         return cls(
-            id=run.id,
-            type=run.type,
-            workspace_id=run.workspace_id,
-            tenant_id=run.tenant_id,
-            user_id=run.user_id,
+            id=row.id,
+            type=row.type,
+            workspace_id=row.workspace_id,
+            tenant_id=row.tenant_id,
+            user_id=row.user_id,
             inputs=dict(inputs) if isinstance(inputs, Mapping) else {},
             attempt=attempt,
+            celery_task_id=celery_task_id,
         )
 
 
@@ -107,22 +113,26 @@ def start_execution(
     run_id: int,
     *,
     gate: QueuedExecutionLegitimacyGate,
+    celery_task_id: str,
     retries: int,
     now: datetime,
     evidence: Mapping[str, Any] | None = None,
 ) -> ExecutionStart:
-    """Decide whether delivery number ``retries`` of ``run_id`` runs the body.
+    """Decide whether the delivery ``celery_task_id`` with ``retries`` runs the body.
 
     Each write here (the block, the move to running) is one compare-and-set statement,
     so this may run in :func:`worker.db.statement_session` (autocommit on PostgreSQL): a
-    run that changed between the read and the write simply loses the CAS.
+    run that changed between the read and the write simply loses the CAS. A delivery that
+    does not own the run (another task id, an attempt already started) writes nothing.
     """
     # The usual case in one statement: legitimate, and this delivery's attempt to start.
-    started = start_run(session, run_id, gate=gate, retries=retries, now=now)
+    started = start_run(
+        session, run_id, gate=gate, celery_task_id=celery_task_id, retries=retries, now=now
+    )
     if started is not None:
         return ExecutionStart(
             StartDecision.STARTED,
-            run=StartedRun.of(started, started.context, attempt=retries + 1),
+            run=StartedRun.of(started, attempt=retries + 1, celery_task_id=celery_task_id),
             legitimacy=_ALLOWED,
         )
     # Not started: find out why, from the run and every gate input in one query.
@@ -130,20 +140,30 @@ def start_execution(
     if row is None:
         return ExecutionStart(StartDecision.MISSING)
     run = RunSnapshot(*row[: len(_RUN_COLUMNS)])
-    attempts, tenant_id, tenant_workspace_id, tenant_active, user_active = row[len(_RUN_COLUMNS) :]
+    attempts, owner, tenant_id, tenant_workspace_id, tenant_active, user_active = row[
+        len(_RUN_COLUMNS) :
+    ]
+    details = {"status": run.status, "attempts": attempts, "retries": retries}
+    if owner != celery_task_id:
+        return ExecutionStart(StartDecision.NOT_OWNER, details=details)
     tenant = (
         TenantFacts(tenant_workspace_id, bool(tenant_active)) if tenant_id is not None else None
     )
     verdict = gate.evaluate_loaded(
         run, tenant, bool(user_active) if user_active is not None else None
     )
+    if run.status == RunStatus.COMPLETED:
+        # Ended while the message waited: whatever ended it already told the truth.
+        return ExecutionStart(
+            StartDecision.ALREADY_TERMINAL, legitimacy=verdict, reason_code=verdict.reason_code
+        )
+    if attempts != retries or (run.status == RunStatus.RUNNING and retries == 0):
+        # Another delivery of this message runs (or ran) this attempt: it owns the run,
+        # and whatever this one saw about the tenant is that delivery's business.
+        return ExecutionStart(StartDecision.DUPLICATE, legitimacy=verdict, details=details)
     if not verdict.allowed:
         reason = verdict.reason_code
-        if reason is None or reason == ReasonCode.EXECUTION_RUN_TERMINAL:
-            # Ended while the message waited: whatever ended it already told the truth.
-            return ExecutionStart(
-                StartDecision.ALREADY_TERMINAL, legitimacy=verdict, reason_code=reason
-            )
+        assert reason is not None
         won = block(
             session,
             run_id,
@@ -151,20 +171,32 @@ def start_execution(
             source=GATE_SOURCE,
             evidence={**dict(evidence or {}), "execution_legitimacy": verdict.to_dict()},
             now=now,
+            expected_attempt=attempts,
+            expected_task_id=celery_task_id,
         )
         decision = StartDecision.BLOCKED if won else StartDecision.ALREADY_TERMINAL
         return ExecutionStart(decision, legitimacy=verdict, reason_code=reason)
-    # Legitimate after all (a tenant reactivated between the two statements), or this
-    # attempt is already running under another delivery: the same CAS tells which.
-    started = start_run(session, run_id, gate=gate, retries=retries, now=now)
+    # Legitimate after all (a tenant reactivated between the two statements), or another
+    # delivery started this attempt meanwhile: the same CAS tells which.
+    started = start_run(
+        session, run_id, gate=gate, celery_task_id=celery_task_id, retries=retries, now=now
+    )
     if started is None:
-        return ExecutionStart(
-            StartDecision.DUPLICATE,
-            legitimacy=verdict,
-            details={"status": run.status, "attempts": attempts, "retries": retries},
-        )
-    snapshot = StartedRun.of(started, started.context, attempt=retries + 1)
+        return ExecutionStart(StartDecision.DUPLICATE, legitimacy=verdict, details=details)
+    snapshot = StartedRun.of(started, attempt=retries + 1, celery_task_id=celery_task_id)
     return ExecutionStart(StartDecision.STARTED, run=snapshot, legitimacy=verdict)
+
+
+#: Run ids are bigints: anything outside this range cannot name a run.
+MAX_RUN_ID = 2**63 - 1
+
+
+def parse_run_id(value: object) -> int | None:
+    """The run id a message names, or None when it names none: only a positive integer
+    is one (``2.7`` is not run 2, ``"2"`` and ``True`` are not run ids)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_RUN_ID:
+        return value
+    return None
 
 
 # -- the non-terminal moves ---------------------------------------------------------------
@@ -175,16 +207,19 @@ def start_run(
     run_id: int,
     *,
     gate: QueuedExecutionLegitimacyGate,
+    celery_task_id: str,
     retries: int,
     now: datetime,
 ) -> Row[Any] | None:
-    """Start attempt ``retries + 1`` of ``run_id`` where the gate allows it (``start_run``).
-    Returns the started run's id, type, workspace_id, tenant_id, user_id and context, or
-    None when it was not started (refused, already ended, or a duplicate delivery)."""
+    """Start attempt ``retries + 1`` of ``run_id`` for the delivery ``celery_task_id``
+    where the gate allows it (``start_run``). Returns the started run's id, type,
+    workspace_id, tenant_id, user_id and context, or None when it was not started
+    (refused, already ended, another task id, or a duplicate delivery)."""
     if retries < 0:
         raise ValueError("retries must be >= 0")
     params = {
         "run_id": run_id,
+        "celery_task_id": celery_task_id,
         "retries": retries,
         "now": now,
         "covered_types": gate.covered_types_json,
@@ -192,24 +227,35 @@ def start_run(
     return session.execute(statement(dialect_of(session), "start_run"), params).one_or_none()
 
 
-def heartbeat(session: Session, run_id: int, *, now: datetime) -> bool:
-    """Record liveness of a running run; a run that ended meanwhile is not touched."""
-    result = session.execute(
-        statement(dialect_of(session), "heartbeat"), {"run_id": run_id, "now": now}
-    )
+def heartbeat(
+    session: Session, run_id: int, *, attempt: int, celery_task_id: str, now: datetime
+) -> bool:
+    """Record liveness of a running run for the delivery running ``attempt``; False when
+    the run ended meanwhile or another delivery owns it (the body should stop)."""
+    params = {"run_id": run_id, "attempt": attempt, "celery_task_id": celery_task_id, "now": now}
+    result = session.execute(statement(dialect_of(session), "heartbeat"), params)
     return _rowcount(result) == 1
 
 
 def record_retry(
-    session: Session, run_id: int, *, evidence: Mapping[str, Any], now: datetime
+    session: Session,
+    run_id: int,
+    *,
+    attempt: int,
+    celery_task_id: str,
+    evidence: Mapping[str, Any],
+    now: datetime,
 ) -> bool:
-    """A retry was scheduled: the run stays running with the failed attempt recorded as
-    ``context.bridge.last_retry`` (one statement)."""
-    last_retry = dumps({**dict(evidence), "recorded_at": iso(now)})
-    result = session.execute(
-        statement(dialect_of(session), "record_retry"),
-        {"run_id": run_id, "last_retry": last_retry, "now": now},
-    )
+    """The delivery running ``attempt`` scheduled a retry: the run stays running with the
+    failed attempt recorded as ``context.bridge.last_retry`` (one statement)."""
+    params = {
+        "run_id": run_id,
+        "attempt": attempt,
+        "celery_task_id": celery_task_id,
+        "last_retry": dumps({**dict(evidence), "recorded_at": iso(now)}),
+        "now": now,
+    }
+    result = session.execute(statement(dialect_of(session), "record_retry"), params)
     return _rowcount(result) == 1
 
 

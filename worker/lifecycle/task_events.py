@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, RunOutcome, RunStatus
@@ -46,6 +46,9 @@ class BridgeOutcome(StrEnum):
     ALREADY_TERMINAL = "already_terminal"
     #: no run carries this Celery task id (not an operation task, or a foreign message).
     NO_RUN = "no_run"
+    #: the run's current attempt is not the reporting delivery's (a duplicate, an old
+    #: attempt): the delivery that owns the run decides, not this one.
+    NOT_OWNER = "not_owner"
 
 
 def reason_for_exception(exc: BaseException) -> ReasonCode:
@@ -91,18 +94,24 @@ class _RunRef:
     id: int
     type: str
     status: str
+    attempts: int
     context: Mapping[str, Any]
 
 
+_FIND = select(
+    OperationRun.id,
+    OperationRun.type,
+    OperationRun.status,
+    OperationRun.attempts,
+    OperationRun.context,
+).where(OperationRun.celery_task_id == bindparam("celery_task_id"))
+
+
 def _find(session: Session, celery_task_id: str) -> _RunRef | None:
-    row = session.execute(
-        select(OperationRun.id, OperationRun.type, OperationRun.status, OperationRun.context).where(
-            OperationRun.celery_task_id == celery_task_id
-        )
-    ).first()
+    row = session.execute(_FIND, {"celery_task_id": celery_task_id}).first()
     if row is None:
         return None
-    return _RunRef(int(row.id), row.type, row.status, row.context or {})
+    return _RunRef(int(row.id), row.type, row.status, int(row.attempts), row.context or {})
 
 
 def _last_retry(run: _RunRef) -> Any:
@@ -118,14 +127,22 @@ def bridge_failure(
     exception: BaseException | None,
     policy: LifecyclePolicy,
     now: datetime,
+    attempts: int | None,
     extra_evidence: Mapping[str, Any] | None = None,
 ) -> BridgeOutcome:
-    """End the run of a failed task with ``reason_code`` unless its type opted out."""
+    """End the run of a failed task with ``reason_code`` unless its type opted out.
+
+    Fenced on the delivery: the run must carry its task id and, when the event says which
+    delivery it is, be at ``attempts`` (the attempt a failed body ran, or for a message
+    that never started, the attempts before it). Anything else is another delivery's run.
+    """
     run = _find(session, facts.celery_task_id)
     if run is None:
         return BridgeOutcome.NO_RUN
     if run.status == RunStatus.COMPLETED:
         return BridgeOutcome.ALREADY_TERMINAL
+    if attempts is not None and run.attempts != attempts:
+        return BridgeOutcome.NOT_OWNER
     if not policy.requires_direct_failed_bridge(run.type):
         return BridgeOutcome.LEFT_TO_RECONCILER
     evidence = {
@@ -146,6 +163,8 @@ def bridge_failure(
         evidence=evidence,
         now=now,
         record_key="bridge",
+        expected_attempt=attempts,
+        expected_task_id=facts.celery_task_id,
     )
     return BridgeOutcome.APPLIED if won else BridgeOutcome.ALREADY_TERMINAL
 
@@ -166,7 +185,15 @@ def bridge_cancel(
         "terminated": bool(terminated),
         "signal": None if signum is None else str(signum),
     }
-    won = cancel(session, run.id, source=BRIDGE_SOURCE, evidence=evidence, now=now)
+    # A revoke names the task id, whichever delivery of it runs: fenced on the id alone.
+    won = cancel(
+        session,
+        run.id,
+        source=BRIDGE_SOURCE,
+        evidence=evidence,
+        now=now,
+        expected_task_id=facts.celery_task_id,
+    )
     return BridgeOutcome.APPLIED if won else BridgeOutcome.ALREADY_TERMINAL
 
 
@@ -174,26 +201,47 @@ def bridge_success(
     session: Session,
     *,
     run_id: int,
+    attempt: int,
+    celery_task_id: str,
     outcome: RunOutcome | str,
     summary_counts: Mapping[str, Any] | None,
     now: datetime,
 ) -> BridgeOutcome:
-    """The body returned: the run completes with the outcome it reported."""
-    won = complete(session, run_id, outcome=outcome, summary_counts=summary_counts, now=now)
+    """The body returned: the run completes with the outcome it reported, if the body's
+    delivery still owns it."""
+    won = complete(
+        session,
+        run_id,
+        outcome=outcome,
+        summary_counts=summary_counts,
+        attempt=attempt,
+        celery_task_id=celery_task_id,
+        now=now,
+    )
     return BridgeOutcome.APPLIED if won else BridgeOutcome.ALREADY_TERMINAL
 
 
 def bridge_retry(
     session: Session, *, facts: TaskFacts, exception: BaseException | None, now: datetime
 ) -> BridgeOutcome:
-    """A retry was scheduled: the run stays running with the failed attempt recorded."""
+    """A retry was scheduled: the run stays running with the failed attempt recorded.
+    Only the delivery that ran the current attempt records it."""
     run = _find(session, facts.celery_task_id)
     if run is None:
         return BridgeOutcome.NO_RUN
+    if facts.retries is None:
+        return BridgeOutcome.NOT_OWNER  # which attempt asked is unknown: record nothing
     evidence = {
         **exception_evidence(exception),
         **facts.to_dict(),
         "next_attempt": None if facts.retries is None else facts.retries + 2,
     }
-    won = record_retry(session, run.id, evidence=evidence, now=now)
+    won = record_retry(
+        session,
+        run.id,
+        attempt=facts.retries + 1,
+        celery_task_id=facts.celery_task_id,
+        evidence=evidence,
+        now=now,
+    )
     return BridgeOutcome.APPLIED if won else BridgeOutcome.ALREADY_TERMINAL

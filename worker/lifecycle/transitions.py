@@ -63,6 +63,10 @@ class TerminalTransition:
     audit_action: str | None = None
     #: the status the caller saw; None accepts any non-terminal status.
     expected_status: RunStatus | None = None
+    #: fencing for a delivery's own writes: its attempt and its task id must still be the
+    #: run's (None: not a delivery's write, or the attempt is not known).
+    expected_attempt: int | None = None
+    expected_task_id: str | None = None
     summary_counts: Mapping[str, Any] | None = None
 
     def record(self, now: datetime) -> dict[str, Any]:
@@ -88,6 +92,10 @@ class TerminalTransition:
             row["audit_action"] = self.audit_action
         if self.expected_status is not None:
             row["expected_status"] = self.expected_status.value
+        if self.expected_attempt is not None:
+            row["expected_attempt"] = self.expected_attempt
+        if self.expected_task_id is not None:
+            row["expected_task_id"] = self.expected_task_id
         if self.record_key is not None:
             row["record_key"] = self.record_key
             row["record"] = self.record(now)
@@ -99,12 +107,15 @@ class TerminalTransition:
 
     @property
     def is_bare_completion(self) -> bool:
-        """A task's own end: nothing recorded beside the row, no audit row."""
+        """A task's own end: nothing recorded beside the row, no audit row, fenced on its
+        delivery."""
         return (
             self.record_key is None
             and self.audit_action is None
             and self.reason_code is None
             and self.expected_status is RunStatus.RUNNING
+            and self.expected_attempt is not None
+            and self.expected_task_id is not None
         )
 
 
@@ -117,6 +128,8 @@ def forced_failure(
     evidence: Mapping[str, Any] | None = None,
     expected_status: RunStatus | None = None,
     record_key: str = "reconciliation",
+    expected_attempt: int | None = None,
+    expected_task_id: str | None = None,
 ) -> TerminalTransition:
     """A forced terminal transition with its reason's outcome and audit action (failed,
     blocked or cancelled; an unknown code fails)."""
@@ -135,6 +148,8 @@ def forced_failure(
         record_key=record_key,
         audit_action=action,
         expected_status=expected_status,
+        expected_attempt=expected_attempt,
+        expected_task_id=expected_task_id,
     )
 
 
@@ -164,6 +179,8 @@ def apply_terminal_transitions(
                 "run_id": only.run_id,
                 "outcome": only.outcome.value,
                 "summary_counts": dict(only.summary_counts) if only.summary_counts else None,
+                "attempt": only.expected_attempt,
+                "celery_task_id": only.expected_task_id,
                 "now": now,
             }
             won = _rowcount(session.execute(statement(dialect, "complete_run"), params)) == 1
@@ -196,6 +213,8 @@ def force_fail_non_terminal_run(
     now: datetime,
     record_key: str = "reconciliation",
     expected_status: RunStatus | None = None,
+    expected_attempt: int | None = None,
+    expected_task_id: str | None = None,
 ) -> bool:
     """End a non-terminal run as ``failed`` with a record and an audit row."""
     transition = forced_failure(
@@ -206,6 +225,8 @@ def force_fail_non_terminal_run(
         evidence=evidence,
         expected_status=expected_status,
         record_key=record_key,
+        expected_attempt=expected_attempt,
+        expected_task_id=expected_task_id,
     )
     return _end_as(session, transition, RunOutcome.FAILED, now=now)
 
@@ -218,16 +239,30 @@ def block(
     source: str,
     evidence: Evidence,
     now: datetime,
+    expected_attempt: int | None = None,
+    expected_task_id: str | None = None,
 ) -> bool:
     """The legitimacy gate refused the run: it completes as ``blocked``."""
     transition = forced_failure(
-        run_id, reason_code=reason_code, source=source, evidence=evidence, record_key="legitimacy"
+        run_id,
+        reason_code=reason_code,
+        source=source,
+        evidence=evidence,
+        record_key="legitimacy",
+        expected_attempt=expected_attempt,
+        expected_task_id=expected_task_id,
     )
     return _end_as(session, transition, RunOutcome.BLOCKED, now=now)
 
 
 def cancel(
-    session: Session, run_id: int, *, source: str, evidence: Evidence = None, now: datetime
+    session: Session,
+    run_id: int,
+    *,
+    source: str,
+    evidence: Evidence = None,
+    now: datetime,
+    expected_task_id: str | None = None,
 ) -> bool:
     """The task was revoked with terminate: the run completes as ``cancelled``."""
     transition = forced_failure(
@@ -236,6 +271,7 @@ def cancel(
         source=source,
         evidence=evidence,
         record_key="bridge",
+        expected_task_id=expected_task_id,
     )
     return _end_as(session, transition, RunOutcome.CANCELLED, now=now)
 
@@ -254,9 +290,12 @@ def complete(
     *,
     outcome: RunOutcome | str,
     summary_counts: Mapping[str, Any] | None = None,
+    attempt: int,
+    celery_task_id: str,
     now: datetime,
 ) -> bool:
-    """The task's own end: only a ``running`` run completes this way; no audit row."""
+    """The task's own end: only a ``running`` run whose current attempt is this
+    delivery's completes this way; no audit row."""
     outcome = RunOutcome(outcome)
     if outcome not in TASK_OUTCOMES:
         raise ValueError(
@@ -267,6 +306,8 @@ def complete(
         outcome=outcome,
         source="task",
         expected_status=RunStatus.RUNNING,
+        expected_attempt=attempt,
+        expected_task_id=celery_task_id,
         summary_counts=summary_counts,
     )
     return end_run(session, transition, now=now)

@@ -93,6 +93,7 @@ _BIND_TYPES: dict[str, TypeEngine[Any]] = {
     "now": UtcDateTime(),
     "summary_counts": JsonDoc,
     "retries": Integer(),
+    "attempt": Integer(),
     "limit": Integer(),
     "dry_run": Boolean(),
 }

@@ -3,12 +3,14 @@
 -- stands once its parameters are set (\set run_id 1 ... and :'name' for text).
 
 -- name: start_run
--- Start attempt :retries + 1 of a run where the legitimacy gate allows it, returning what the body needs (no row: not started).
--- A first delivery starts a queued run; retry() republishes before its attempt ends, so
--- a retry delivery starts a running run whose attempts equal its retries. A duplicate
--- delivery of an attempt already started matches neither branch. The gate's checks are
--- QueuedExecutionLegitimacyGate's (a test holds the two to the same verdicts); the run
--- must be of a covered type (:covered_types is a JSON object keyed by type name).
+-- Start attempt :retries + 1 of a run for the delivery that owns it, where the legitimacy gate allows it, returning what the body needs (no row: not started).
+-- The delivery owns the run when the row carries its task id and its attempt is the next
+-- one: a first delivery (retries 0) starts a queued run that no attempt has started; a
+-- retry published by retry() starts a running run whose attempts equal its retries (the
+-- attempt that asked for the retry is over). A duplicate delivery of an attempt already
+-- started, or a message under another task id, matches neither branch. The gate's checks
+-- are QueuedExecutionLegitimacyGate's (a test holds the two to the same verdicts); the
+-- run must be of a covered type (:covered_types is a JSON object keyed by type name).
 UPDATE operation_runs SET
     status = 'running',
     attempts = :retries + 1,
@@ -16,7 +18,9 @@ UPDATE operation_runs SET
     last_heartbeat_at = :now,
     updated_at = :now
 WHERE id = :run_id
-  AND (status = 'queued' OR (:retries > 0 AND status = 'running' AND attempts = :retries))
+  AND celery_task_id = :celery_task_id
+  AND attempts = :retries
+  AND (status = 'queued' OR (:retries > 0 AND status = 'running'))
   AND type IN (SELECT key FROM json_each(:covered_types))
   AND (tenant_id IS NULL OR EXISTS (
         SELECT 1 FROM tenants AS t
@@ -28,16 +32,22 @@ WHERE id = :run_id
 RETURNING id, type, workspace_id, tenant_id, user_id, context;
 
 -- name: heartbeat
--- Record that a running run is alive; a run that ended meanwhile is not touched.
+-- Record that a running run is alive, for the delivery running its current attempt; a run that ended, or that another delivery owns, is not touched.
 UPDATE operation_runs SET last_heartbeat_at = :now, updated_at = :now
-WHERE id = :run_id AND status = 'running';
+WHERE id = :run_id
+  AND status = 'running'
+  AND attempts = :attempt
+  AND celery_task_id = :celery_task_id;
 
 -- name: complete_run
--- A task's own end, recording nothing beside the row: a running run completes with the outcome its body reported (compare-and-set on running).
+-- A task's own end, recording nothing beside the row: a running run completes with the outcome its body reported, if that body's delivery still owns it (compare-and-set on running, the attempt and the task id).
 UPDATE operation_runs SET
     status = 'completed',
     outcome = :outcome,
     completed_at = :now,
     updated_at = :now,
     summary_counts = COALESCE(:summary_counts, summary_counts)
-WHERE id = :run_id AND status = 'running';
+WHERE id = :run_id
+  AND status = 'running'
+  AND attempts = :attempt
+  AND celery_task_id = :celery_task_id;

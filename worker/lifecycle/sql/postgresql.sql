@@ -144,13 +144,16 @@ SELECT (SELECT count(*) FROM v) AS candidates,
 -- name: end_runs
 -- The terminal write of a batch of runs: compare-and-set on the status, one audit row for each run won with an audit action; returns the ids won.
 -- :payload is a JSON array of TerminalTransition.payload() objects; a key left out is
--- NULL and leaves its column alone. Rows are locked in id order first, so transactions
--- writing overlapping batches queue on each other instead of deadlocking; the status is
--- re-checked in the UPDATE itself.
+-- NULL and leaves its column alone (or, for expected_*, checks nothing). Rows are locked
+-- in id order first, so transactions writing overlapping batches queue on each other
+-- instead of deadlocking; the compare-and-set is re-checked in the UPDATE itself: still
+-- non-terminal, in the status the caller judged, and -- for a delivery's own failure --
+-- still its attempt under its task id.
 WITH v AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
-        id bigint, outcome text, expected_status text, record_key text, record jsonb,
-        failure jsonb, summary_counts jsonb, source text, audit_action text)
+        id bigint, outcome text, expected_status text, expected_attempt int,
+        expected_task_id text, record_key text, record jsonb, failure jsonb,
+        summary_counts jsonb, source text, audit_action text)
 ), locked AS MATERIALIZED (
     SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
     WHERE r.status IN ('queued', 'running')
@@ -171,6 +174,8 @@ WITH v AS MATERIALIZED (
     WHERE r.id = v.id
       AND r.status IN ('queued', 'running')
       AND (v.expected_status IS NULL OR r.status = v.expected_status)
+      AND (v.expected_attempt IS NULL OR r.attempts = v.expected_attempt)
+      AND (v.expected_task_id IS NULL OR r.celery_task_id = v.expected_task_id)
     RETURNING r.id, r.workspace_id, r.tenant_id
 ), audited AS (
     INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
@@ -189,10 +194,13 @@ WITH v AS MATERIALIZED (
 SELECT u.id FROM updated AS u;
 
 -- name: record_retry
--- A retry was scheduled: the run stays running, with the failed attempt's evidence as context.bridge.last_retry.
+-- A retry was scheduled by the delivery that owns the run: it stays running, with the failed attempt's evidence as context.bridge.last_retry.
 UPDATE operation_runs SET
     context = jsonb_set(context, '{bridge}',
                         COALESCE(context -> 'bridge', CAST('{}' AS jsonb))
                         || jsonb_build_object('last_retry', CAST(:last_retry AS jsonb))),
     updated_at = :now
-WHERE id = :run_id AND status = 'running';
+WHERE id = :run_id
+  AND status = 'running'
+  AND attempts = :attempt
+  AND celery_task_id = :celery_task_id;

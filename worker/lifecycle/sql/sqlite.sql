@@ -26,7 +26,8 @@ LIMIT :limit;
 -- name: end_runs
 -- The terminal write of a batch of runs: compare-and-set on the status; returns the ids won (audit_ended_runs writes their audit rows).
 -- :payload is a JSON array of TerminalTransition.payload() objects; a key left out is
--- NULL and leaves its column alone. The transaction began with BEGIN IMMEDIATE.
+-- NULL and leaves its column alone (or, for expected_*, checks nothing), as in
+-- PostgreSQL's end_runs. The transaction began with BEGIN IMMEDIATE.
 UPDATE operation_runs SET
     status = 'completed',
     outcome = v.outcome,
@@ -44,6 +45,8 @@ FROM (
     SELECT json_extract(value, '$.id') AS id,
            json_extract(value, '$.outcome') AS outcome,
            json_extract(value, '$.expected_status') AS expected_status,
+           json_extract(value, '$.expected_attempt') AS expected_attempt,
+           json_extract(value, '$.expected_task_id') AS expected_task_id,
            json_extract(value, '$.record_key') AS record_key,
            json_extract(value, '$.record') AS record,
            json_extract(value, '$.failure') AS failure,
@@ -53,6 +56,8 @@ FROM (
 WHERE operation_runs.id = v.id
   AND operation_runs.status IN ('queued', 'running')
   AND (v.expected_status IS NULL OR operation_runs.status = v.expected_status)
+  AND (v.expected_attempt IS NULL OR operation_runs.attempts = v.expected_attempt)
+  AND (v.expected_task_id IS NULL OR operation_runs.celery_task_id = v.expected_task_id)
 RETURNING operation_runs.id;
 
 -- name: audit_ended_runs
@@ -78,10 +83,13 @@ WHERE json_extract(v.value, '$.audit_action') IS NOT NULL
 ORDER BY v.key;
 
 -- name: record_retry
--- A retry was scheduled: the run stays running, with the failed attempt's evidence as context.bridge.last_retry.
+-- A retry was scheduled by the delivery that owns the run: it stays running, with the failed attempt's evidence as context.bridge.last_retry.
 UPDATE operation_runs SET
     context = json_set(context, '$.bridge',
                        json_set(COALESCE(json_extract(context, '$.bridge'), '{}'),
                                 '$.last_retry', json(:last_retry))),
     updated_at = :now
-WHERE id = :run_id AND status = 'running';
+WHERE id = :run_id
+  AND status = 'running'
+  AND attempts = :attempt
+  AND celery_task_id = :celery_task_id;
