@@ -18,12 +18,46 @@ if TYPE_CHECKING:
     from worker.lifecycle.reconciler import OperationLifecycleReconciler, ReconcileOptions
 
 
+#: The largest id SQLite's INTEGER and PostgreSQL's bigint hold: a larger one is refused at
+#: the option, not passed on to overflow in the driver (a traceback, or exit 1 on PostgreSQL).
+MAX_ID = 2**63 - 1
+ID = click.IntRange(1, MAX_ID)
+#: ``runs`` lists at most this many runs: the listing is built in memory.
+MAX_RUNS_LIMIT = 10_000
+
+
+class Utf8Text(click.types.StringParamType):
+    """Text that can be encoded as UTF-8.
+
+    Python hands argv bytes that are not UTF-8 to click surrogate-escaped ("\\udcff");
+    such a string cannot be bound to a statement or written to a JSON column.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{text!a} is not valid UTF-8", param, ctx)
+        return text
+
+
 class RunwardenGroup(click.Group):
     """Turns runwarden's errors into one line on stderr and an exit code (no traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            # A command's bad option or argument: one line like every other bad input,
+            # not click's usage block (the command's --help has that).
+            if ctx.find_root().params.get("debug"):
+                raise
+            command = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(
+                f"runwarden: error: {exc.format_message()} (see '{command} --help')", err=True
+            )
+            sys.exit(exc.exit_code)
         except RunwardenError as exc:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -102,9 +136,12 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 
 @main.command()
-@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only this run type.")
-@click.option("--tenant", "tenant_ids", multiple=True, type=int, metavar="ID")
-@click.option("--workspace", "workspace_ids", multiple=True, type=int, metavar="ID")
+@click.option(
+    "--type", "types", multiple=True, type=Utf8Text(), metavar="TYPE", help="Only this run type."
+)
+@click.option("--tenant", "tenant_ids", multiple=True, type=ID, metavar="ID")
+@click.option("--workspace", "workspace_ids", multiple=True, type=ID, metavar="ID")
+# Not an IntRange: below 1 is refused by ReconcileOptions, above 500 is capped there.
 @click.option("--limit", type=int, help="Runs per pass (default: the policy's batch_limit).")
 @click.option("--dry-run", is_flag=True, help="Show what would be failed; write nothing.")
 @click.option("--drain", is_flag=True, help="Repeat passes until one reconciles nothing.")
@@ -177,9 +214,9 @@ _FRESHNESS = ("terminal_normal", "reconciled_failed", "unknown", "likely_stale",
 @main.command()
 @click.option("--status", type=click.Choice(("queued", "running", "completed")))
 @click.option("--freshness", type=click.Choice(_FRESHNESS))
-@click.option("--type", "types", multiple=True, metavar="TYPE")
-@click.option("--tenant", "tenant_ids", multiple=True, type=int, metavar="ID")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--type", "types", multiple=True, type=Utf8Text(), metavar="TYPE")
+@click.option("--tenant", "tenant_ids", multiple=True, type=ID, metavar="ID")
+@click.option("--limit", type=click.IntRange(1, MAX_RUNS_LIMIT), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def runs(
     *,
@@ -234,7 +271,7 @@ def runs(
 
 
 @main.command()
-@click.argument("run_id", type=click.IntRange(min=1))
+@click.argument("run_id", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 def explain(run_id: int, as_json: bool) -> None:
     """Why a run would (or would not) be force-failed, with its evidence."""

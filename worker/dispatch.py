@@ -19,9 +19,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import NON_TERMINAL_STATUSES, OperationRun, RunOutcome, RunStatus, utcnow
-from worker.db import get_engine, write_session
-from worker.errors import BrokerUnavailableError
+from models import (
+    NON_TERMINAL_STATUSES,
+    OperationRun,
+    RunOutcome,
+    RunStatus,
+    Tenant,
+    User,
+    Workspace,
+    utcnow,
+)
+from worker.db import get_engine, read_session, write_session
+from worker.errors import BrokerUnavailableError, InvalidInputError, UnknownReferenceError
 from worker.lifecycle.evidence import scrub_and_truncate
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.transitions import force_fail_non_terminal_run
@@ -31,6 +40,10 @@ logger = logging.getLogger(__name__)
 DISPATCH_SOURCE = "dispatch"
 #: Every operation task's name is this prefix and its run type.
 OPERATION_TASK_PREFIX = "operations."
+#: Input names an operation body cannot take: it is called as ``body(run, **inputs)``.
+RESERVED_INPUT_NAMES = frozenset({"run"})
+#: The largest id the id columns (SQLite INTEGER, PostgreSQL bigint) hold.
+_MAX_ID = 2**63 - 1
 
 
 def operation_task_name(type_name: str) -> str:
@@ -86,7 +99,9 @@ def _create_run(
     identity_hash: str | None,
     celery_task_id: str,
 ) -> tuple[int, bool]:
-    """(run id, created). An active run with the same identity is returned instead."""
+    """(run id, created). An active run with the same identity is returned instead.
+
+    An id naming no row raises :class:`UnknownReferenceError`; nothing is written."""
     now = utcnow()
     with write_session(get_engine()) as session:
         # Under BEGIN IMMEDIATE on SQLite this check and the insert are one atomic step;
@@ -115,8 +130,37 @@ def _create_run(
             updated_at=now,
         )
         session.add(run)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            # A foreign key names no row (the transaction is rolled back on the way out).
+            # Asked after the fact, not before every insert: an unknown id is the rare
+            # case, and the other IntegrityError -- the active-identity race -- must
+            # reach start_operation as it is.
+            unknown = _unknown_references(
+                workspace_id=workspace_id, tenant_id=tenant_id, user_id=user_id
+            )
+            if unknown:
+                raise UnknownReferenceError(f"start_operation: {'; '.join(unknown)}") from exc
+            raise
         return int(run.id), True
+
+
+def _unknown_references(
+    *, workspace_id: int, tenant_id: int | None, user_id: int | None
+) -> list[str]:
+    wanted = (
+        ("workspace_id", workspace_id, Workspace, "workspace"),
+        ("tenant_id", tenant_id, Tenant, "tenant"),
+        ("user_id", user_id, User, "user"),
+    )
+    # Its own session: on PostgreSQL the failed insert's transaction reads nothing more.
+    with read_session(get_engine()) as session:
+        return [
+            f"{key} {value} names no {noun}"
+            for key, value, model, noun in wanted
+            if value is not None and session.get(model, value) is None
+        ]
 
 
 def start_operation(  # noqa: PLR0917 - the contract takes these positionally
@@ -136,10 +180,24 @@ def start_operation(  # noqa: PLR0917 - the contract takes these positionally
     completed at once as failed with ``run.dispatch_failed`` and
     :class:`DispatchFailedError` (a :class:`BrokerUnavailableError`) is raised carrying
     its id. ``app`` is the Celery app to publish with (default: runwarden's).
+
+    Invalid arguments raise :class:`InvalidInputError` (a :class:`ValueError`), an id
+    that names no row :class:`UnknownReferenceError`; either way nothing is written.
     """
-    if not type or not type.strip():
-        raise ValueError("start_operation needs a run type")
+    if not isinstance(type, str) or not type.strip():
+        raise InvalidInputError("start_operation needs a run type")
+    _check_id("workspace_id", workspace_id)
+    if tenant_id is not None:
+        _check_id("tenant_id", tenant_id)
+    if user_id is not None:
+        _check_id("user_id", user_id)
     inputs = dict(inputs or {})
+    reserved = sorted(RESERVED_INPUT_NAMES.intersection(inputs))
+    if reserved:
+        raise InvalidInputError(
+            f"start_operation: input {reserved[0]!r} is reserved: the operation body is "
+            "called as body(run, **inputs)"
+        )
     # Inputs travel through JSON columns and JSON messages: refuse what would not survive.
     json.dumps(inputs)
     identity_hash = run_identity_hash(identity) if identity is not None else None
@@ -189,6 +247,14 @@ def start_operation(  # noqa: PLR0917 - the contract takes these positionally
         "operation run %s queued as %s", run_id, task_name, extra={"operation_run_id": run_id}
     )
     return run_id
+
+
+def _check_id(key: str, value: object) -> None:
+    # bool is a subclass of int in Python: True must not pass as workspace 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ID:
+        raise InvalidInputError(
+            f"start_operation: {key} must be an integer between 1 and {_MAX_ID} (got {value!r})"
+        )
 
 
 def _fail_dispatch(run_id: int, task_name: str, celery_task_id: str, exc: BaseException) -> None:

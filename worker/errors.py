@@ -44,3 +44,13 @@ class RunNotFoundError(RunwardenError):
     """No operation run has that id."""
 
     exit_code = 2
+
+
+class InvalidInputError(RunwardenError, ValueError):
+    """The input is invalid."""
+
+    exit_code = 2
+
+
+class UnknownReferenceError(InvalidInputError):
+    """An id names no row."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -14,6 +15,12 @@ from worker.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from worker.lifecycle.policy import LifecyclePolicy
+
+#: The databases runwarden's migrations and named statements are written for.
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+#: Celery broker schemes that are Redis: the reconciliation lock (worker/locks.py) needs
+#: Redis, and kombu has no ``socket://`` or ``unix://`` transport (``redis+socket://`` is it).
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket")
 
 
 class Settings(BaseSettings):
@@ -50,6 +57,37 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("var_dir")
+    @classmethod
+    def _var_dir_can_be_a_directory(cls, value: Path) -> Path:
+        # The nearest existing path decides: a file there makes every mkdir below it fail
+        # (FileExistsError, NotADirectoryError) at the first write, long after start-up.
+        for path in (value, *value.absolute().parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ValueError(f"{path} is not a directory")
+                break
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_supported(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_database_url(value)
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_is_redis(cls, value: str | None) -> str | None:
+        if value is not None:
+            # Only the scheme is named: the rest of the URL may carry a password.
+            scheme = urlsplit(value).scheme.lower() if "://" in value else ""
+            if scheme not in BROKER_SCHEMES:
+                got = f"{scheme}://" if scheme else "no scheme"
+                expected = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
+                raise ValueError(f"the broker must be a Redis URL ({expected}), not {got}")
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -71,6 +109,31 @@ class Settings(BaseSettings):
         return self.result_backend or self.resolved_broker_url
 
 
+def _check_database_url(value: str) -> None:
+    """Refuse a URL that would fail only at the first connection, with a traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    expected = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        # Not echoed: a URL that does not parse may still hold a password.
+        raise ValueError(f"not a database URL (expected {expected})") from None
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() not in DATABASE_BACKENDS:
+        raise ValueError(
+            f"{shown}: runwarden runs on {' or '.join(DATABASE_BACKENDS)}, "
+            f"not {url.get_backend_name()!r} (expected {expected})"
+        )
+    try:
+        url.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        raise ValueError(
+            f"{shown}: the driver {url.get_driver_name()!r} is not installed (expected {expected})"
+        ) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     try:
@@ -78,7 +141,8 @@ def get_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = "RUNWARDEN_" + "_".join(str(p) for p in first["loc"]).upper()
-        raise ConfigurationError(f"{key}: {first['msg']}") from exc
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigurationError(f"{key}: {message}") from exc
 
 
 @lru_cache(maxsize=1)

@@ -175,8 +175,8 @@ def test_cli_reconcile__drain_reports_passes_and_sums(seeded: dict[str, Any]) ->
     ("args", "needle"),
     [
         (("reconcile", "--limit", "0"), "limit"),
-        (("reconcile", "--tenant", "-4"), "tenant_ids"),
-        (("reconcile", "--workspace", "0"), "workspace_ids"),
+        (("reconcile", "--tenant", "-4"), "--tenant"),
+        (("reconcile", "--workspace", "0"), "--workspace"),
         (("reconcile", "--type", "no.such.type"), "no.such.type"),
         (("reconcile", "--type", ""), "types"),
         (("reconcile", "--drain", "--dry-run"), "--drain"),
@@ -201,6 +201,73 @@ def test_cli_reconcile__bad_input_from_click_is_exit_2(seeded: dict[str, Any]) -
     result = _run("reconcile", "--tenant", "abc", env=seeded["env"])
     assert result.returncode == 2
     assert "'abc' is not a valid integer" in result.stderr
+
+
+BEYOND_64_BITS = str(2**63)  # one past the largest id SQLite and PostgreSQL bigint hold
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("reconcile", "--tenant", BEYOND_64_BITS), "--tenant"),
+        (("reconcile", "--workspace", BEYOND_64_BITS), "--workspace"),
+        (("reconcile", "--dry-run", "--tenant", BEYOND_64_BITS), "--tenant"),
+        (("runs", "--tenant", BEYOND_64_BITS), "--tenant"),
+        (("explain", BEYOND_64_BITS), "RUN_ID"),
+        (("runs", "--limit", "10001"), "--limit"),
+        (("runs", "--limit", str(10**22)), "--limit"),
+    ],
+)
+def test_cli__id_or_limit_out_of_range_is_one_line_exit_2_naming_the_option(
+    seeded: dict[str, Any], args: tuple[str, ...], option: str
+) -> None:
+    before = _state(seeded["engine"])
+    line = _one_line_error(_run(*args, env=seeded["env"]), 2)
+    assert line.startswith("runwarden: error: ")
+    assert option in line
+    assert _state(seeded["engine"]) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("runs", "--tenant", "1e23"), "--tenant"),
+        (("runs", "--limit", "1e20"), "--limit"),
+        (("explain", "1e23"), "RUN_ID"),
+        (("reconcile", "--workspace", "1.5"), "--workspace"),
+    ],
+)
+def test_cli__number_that_is_not_an_integer_is_one_line_exit_2_naming_the_option(
+    seeded: dict[str, Any], args: tuple[str, ...], option: str
+) -> None:
+    line = _one_line_error(_run(*args, env=seeded["env"]), 2)
+    assert line.startswith("runwarden: error: ")
+    assert option in line
+
+
+@pytest.mark.parametrize("command", ["runs", "reconcile"])
+def test_cli__type_that_is_not_utf8_is_one_line_exit_2_naming_the_option(
+    seeded: dict[str, Any], command: str
+) -> None:
+    before = _state(seeded["engine"])
+    # argv byte 0xff: Python hands it to click surrogate-escaped, as "\udcff".
+    line = _one_line_error(_run(command, "--type", "\udcff", env=seeded["env"]), 2)
+    assert line.startswith("runwarden: error: ")
+    assert "--type" in line
+    assert "UTF-8" in line
+    assert _state(seeded["engine"]) == before
+
+
+def test_cli_reconcile__huge_limit_is_capped_at_500_not_refused(seeded: dict[str, Any]) -> None:
+    result = _run("reconcile", "--dry-run", "--json", "--limit", str(10**22), env=seeded["env"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["candidates"] == 2
+
+
+def test_cli_runs__limit_at_its_bound_lists(seeded: dict[str, Any]) -> None:
+    result = _run("runs", "--json", "--limit", "10000", env=seeded["env"])
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == len(seeded["runs"])
 
 
 @pytest.mark.parametrize("command", [("reconcile",), ("runs",), ("explain", "1")])

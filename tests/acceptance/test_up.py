@@ -182,3 +182,42 @@ def test_up__ctrl_c__stops_worker_beat_and_redis(var_dir: Path) -> None:
 
     assert "embedded Redis listening" in up.output()
     assert (var_dir / "runwarden.db").exists()
+
+
+@pytest.mark.parametrize("case", ["broker", "imports", "socket", "policy"])
+def test_up__bad_start_up_configuration_is_one_line_exit_2_and_writes_nothing(
+    var_dir: Path, case: str
+) -> None:
+    up = Up(var_dir)
+    env = dict(up.env)
+    if case == "broker":
+        env["RUNWARDEN_BROKER_URL"] = "garbage"
+        needle = "RUNWARDEN_BROKER_URL"
+    elif case == "imports":
+        # The first is found where the worker finds it, in the working directory.
+        env["RUNWARDEN_IMPORTS"] = "tests.worker.operations,nosuch.module"
+        needle = "'nosuch.module'"
+    elif case == "socket":
+        (var_dir / "redis.sock").mkdir()
+        needle = str(var_dir / "redis.sock")
+    else:
+        (var_dir / "policy.toml").write_text("[reconciliation]\ninterval_seconds = 0\n")
+        needle = "reconciliation.interval_seconds"
+    before = {p.relative_to(var_dir) for p in var_dir.rglob("*")}
+
+    result = subprocess.run(
+        [str(RUNWARDEN), "up", "-c", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("runwarden: error: ")
+    assert needle in lines[0]
+    assert {p.relative_to(var_dir) for p in var_dir.rglob("*")} == before

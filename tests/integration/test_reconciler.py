@@ -18,7 +18,7 @@ from worker.lifecycle import transitions
 from worker.lifecycle.evidence import iso
 from worker.lifecycle.execution import start_run
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
-from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
+from worker.lifecycle.policy import LifecyclePolicy, TypePolicy, parse_policy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler, ReconcileOptions
 
 POLICY = LifecyclePolicy(
@@ -525,6 +525,42 @@ def test_reconcile__workspace_scope_includes_workspace_level_runs(
     assert [c.operation_run_id for c in result.changes] == mine
     assert result.changes[0].evidence["execution_legitimacy"]["allowed"] is True
     assert _statuses(engine)[theirs[0]] == ("queued", "pending")
+
+
+TEN_YEARS = 315_360_000
+
+
+def test_reconcile__policy_at_its_bounds_dry_runs_and_reconciles(
+    engine: Engine, ids: dict[str, Any], now: datetime
+) -> None:
+    # The largest policy that loads: each threshold ten years, the interval one day. Its
+    # cutoffs must fit a datetime and PostgreSQL's int recordset column in the real pass.
+    policy = parse_policy(
+        "[reconciliation]\ninterval_seconds = 86400\nbatch_limit = 500\n"
+        '[types."inventory.sync"]\n'
+        f"queued_stale_after_seconds = {TEN_YEARS}\nrunning_stale_after_seconds = {TEN_YEARS}\n"
+    )
+    ws = ids["workspace_id"]
+    stale = make_run(
+        engine,
+        workspace_id=ws,
+        status="running",
+        now=now,
+        age_seconds=TEN_YEARS + 60,
+        started_age_seconds=TEN_YEARS + 30,
+    )
+    fresh = make_run(engine, workspace_id=ws, now=now, age_seconds=TEN_YEARS - 60)
+    reconciler = OperationLifecycleReconciler(policy, now=lambda: now)
+
+    dry = reconciler.reconcile(engine, ReconcileOptions(dry_run=True))
+    assert [c.operation_run_id for c in dry.changes] == [stale]
+    result = reconciler.reconcile(engine)
+
+    assert (result.candidates, result.reconciled) == (1, 1)
+    (change,) = result.changes
+    assert change.evidence["threshold_seconds"] == TEN_YEARS
+    assert _run(engine, stale).status == "completed"
+    assert _run(engine, fresh).status == "queued"
 
 
 def test_reconcile__invalid_options_fail_before_any_statement(

@@ -154,3 +154,48 @@ def test_load_policy__missing_file_names_it(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
     with pytest.raises(PolicyError, match=rf"^{path}: cannot read the policy file"):
         load_policy(path)
+
+
+@pytest.mark.parametrize("key", ["queued_stale_after_seconds", "running_stale_after_seconds"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        315_360_001,  # one second past ten years
+        2_147_483_648,  # 2**31: passed a dry run, then failed PostgreSQL's int recordset
+        99_999_999_999,  # made every pass die with OverflowError (now - timedelta)
+    ],
+)
+def test_load_policy__threshold_beyond_ten_years_names_the_key_and_the_bound(
+    tmp_path: Path, key: str, value: int
+) -> None:
+    thresholds = {"queued_stale_after_seconds": 60, "running_stale_after_seconds": 60, key: value}
+    path = _write(tmp_path, _SYNC + "".join(f"{k} = {v}\n" for k, v in thresholds.items()))
+    with pytest.raises(PolicyError) as raised:
+        load_policy(path)
+    message = raised.value.message
+    assert message.startswith(f'{path}: types."inventory.sync".{key}: ')
+    assert "between 1 and 315360000" in message
+    assert str(value) in message
+
+
+@pytest.mark.parametrize("value", [86_401, 99_999_999_999])
+def test_load_policy__interval_beyond_a_day_names_the_key_and_the_bound(
+    tmp_path: Path, value: int
+) -> None:
+    path = _write(tmp_path, f"[reconciliation]\ninterval_seconds = {value}\n")
+    with pytest.raises(PolicyError) as raised:
+        load_policy(path)
+    message = raised.value.message
+    assert message.startswith(f"{path}: reconciliation.interval_seconds: ")
+    assert "between 1 and 86400" in message
+
+
+def test_load_policy__values_at_the_bounds_load() -> None:
+    policy = parse_policy(
+        "[reconciliation]\ninterval_seconds = 86400\nbatch_limit = 500\n"
+        + _SYNC
+        + "queued_stale_after_seconds = 315360000\nrunning_stale_after_seconds = 315360000\n"
+    )
+    assert policy.interval_seconds == 86_400
+    assert policy.queued_stale_after_seconds("inventory.sync") == 315_360_000
+    assert policy.running_stale_after_seconds("inventory.sync") == 315_360_000

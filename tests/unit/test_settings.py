@@ -34,3 +34,73 @@ def test_settings__bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("RUNWARDEN_LOG_FORMAT", "xml")
     with pytest.raises(ConfigurationError, match="RUNWARDEN_LOG_FORMAT"):
         get_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "garbage",
+        "nosuch://app:s3cret@h/db",
+        "postgresql+nosuch://app:s3cret@h/db",
+        "postgresql+psycopg2://app:s3cret@h/db",  # a driver that is not installed
+        "mysql+pymysql://app:s3cret@h/db",
+    ],
+)
+def test_settings__unsupported_database_url_names_the_variable_not_the_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("RUNWARDEN_DATABASE_URL", url)
+    with pytest.raises(ConfigurationError) as raised:
+        get_settings()
+    assert raised.value.message.startswith("RUNWARDEN_DATABASE_URL: ")
+    assert "s3cret" not in raised.value.message
+    assert "Value error" not in raised.value.message
+    assert raised.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///x.db", "sqlite+pysqlite:///:memory:", "postgresql+psycopg://u@h/db"]
+)
+def test_settings__sqlite_and_postgresql_database_urls_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("RUNWARDEN_DATABASE_URL", url)
+    assert get_settings().resolved_database_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["garbage", "amqp://guest:s3cret@h//", "memory://", "unix:///tmp/r.sock", "sentinel://h"],
+)
+def test_settings__broker_url_that_is_not_redis_names_the_variable_not_the_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("RUNWARDEN_BROKER_URL", url)
+    with pytest.raises(ConfigurationError) as raised:
+        get_settings()
+    assert raised.value.message.startswith("RUNWARDEN_BROKER_URL: ")
+    assert "redis://" in raised.value.message
+    assert "s3cret" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h:6379/0", "rediss://:pw@h:6380/1", "redis+socket:///tmp/redis.sock"]
+)
+def test_settings__redis_broker_urls_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("RUNWARDEN_BROKER_URL", url)
+    assert get_settings().resolved_broker_url == url
+
+
+@pytest.mark.parametrize("below", ["", "var"])
+def test_settings__var_dir_on_a_file_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, below: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.setenv("RUNWARDEN_VAR_DIR", str(a_file / below))
+    with pytest.raises(ConfigurationError) as raised:
+        get_settings()
+    assert raised.value.message.startswith("RUNWARDEN_VAR_DIR: ")
+    assert f"{a_file} is not a directory" in raised.value.message

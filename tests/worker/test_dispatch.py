@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
-from models import OperationRun
+from models import AuditLog, OperationRun
 from tests.factories import seed_tenancy
 from tests.servers import RedisServer, free_port
 from worker.db import read_session
 from worker.dispatch import DispatchFailedError, run_identity_hash, start_operation
-from worker.errors import BrokerUnavailableError
+from worker.errors import BrokerUnavailableError, InvalidInputError, UnknownReferenceError
 
 pytestmark = [pytest.mark.redis]
 
@@ -102,3 +103,101 @@ def test_start_operation__same_identity_while_active__returns_existing_run(
 def test_run_identity_hash__canonical_json() -> None:
     assert run_identity_hash({"a": 1, "b": [1, 2]}) == run_identity_hash({"b": [1, 2], "a": 1})
     assert len(run_identity_hash("x")) == 64
+
+
+def _row_counts(engine: Engine) -> tuple[int, int]:
+    with read_session(engine) as session:
+        runs = session.scalar(select(func.count()).select_from(OperationRun)) or 0
+        audits = session.scalar(select(func.count()).select_from(AuditLog)) or 0
+        return runs, audits
+
+
+# Refused before anything is written or published: the broker here is never reachable, so
+# a call that got as far as publishing would raise DispatchFailedError and leave a run.
+
+
+@pytest.mark.parametrize(
+    ("unknown", "named"),
+    [
+        ({"workspace_id": 999_999}, ["workspace_id 999999"]),
+        ({"tenant_id": 999_999}, ["tenant_id 999999"]),
+        ({"user_id": 999_999}, ["user_id 999999"]),
+        ({"tenant_id": 999_998, "user_id": 999_999}, ["tenant_id 999998", "user_id 999999"]),
+    ],
+)
+def test_start_operation__unknown_workspace_tenant_or_user_is_refused_naming_it(
+    engine: Engine, unknown: dict[str, int], named: list[str]
+) -> None:
+    tenancy = seed_tenancy(engine)
+    ids = {k: tenancy[k] for k in ("workspace_id", "tenant_id", "user_id")} | unknown
+    dead = _app(f"redis://127.0.0.1:{free_port()}/0")
+
+    with pytest.raises(UnknownReferenceError) as raised:
+        start_operation("inventory.sync", app=dead, **ids)
+
+    assert isinstance(raised.value, InvalidInputError)
+    assert raised.value.exit_code == 2
+    for name in named:
+        assert name in raised.value.message
+    assert _row_counts(engine) == (0, 0)
+    dead.close()
+
+
+@pytest.mark.parametrize("identity", [None, {"scope": "all"}])
+def test_start_operation__input_named_like_the_bodys_run_argument_is_refused(
+    engine: Engine, identity: Any
+) -> None:
+    tenancy = seed_tenancy(engine)
+    dead = _app(f"redis://127.0.0.1:{free_port()}/0")
+
+    # The body is called as body(run, **inputs): an input "run" would fail every execution
+    # with "got multiple values for argument 'run'".
+    with pytest.raises(InvalidInputError, match="'run'"):
+        start_operation(
+            "inventory.sync",
+            workspace_id=tenancy["workspace_id"],
+            inputs={"full": True, "run": 1},
+            identity=identity,
+            app=dead,
+        )
+
+    assert _row_counts(engine) == (0, 0)
+    dead.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("workspace_id", True),
+        ("workspace_id", 0),
+        ("workspace_id", None),
+        ("workspace_id", "1"),
+        ("workspace_id", 2**63),
+        ("tenant_id", False),
+        ("tenant_id", -1),
+        ("user_id", 1.0),
+        ("user_id", 2**63),
+    ],
+)
+def test_start_operation__id_that_is_not_a_positive_integer_is_refused_naming_it(
+    engine: Engine, key: str, value: Any
+) -> None:
+    tenancy = seed_tenancy(engine)
+    ids = {k: tenancy[k] for k in ("workspace_id", "tenant_id", "user_id")} | {key: value}
+    dead = _app(f"redis://127.0.0.1:{free_port()}/0")
+
+    with pytest.raises(InvalidInputError) as raised:
+        start_operation("inventory.sync", app=dead, **ids)
+
+    assert isinstance(raised.value, ValueError)
+    assert key in raised.value.message
+    assert _row_counts(engine) == (0, 0)
+    dead.close()
+
+
+@pytest.mark.parametrize("type_name", ["", "  ", None])
+def test_start_operation__blank_type_is_refused(engine: Engine, type_name: Any) -> None:
+    tenancy = seed_tenancy(engine)
+    with pytest.raises(InvalidInputError, match="run type"):
+        start_operation(type_name, workspace_id=tenancy["workspace_id"])
+    assert _row_counts(engine) == (0, 0)

@@ -23,6 +23,14 @@ _Fail = Callable[[str, str], PolicyError]
 MAX_BATCH_LIMIT = 500
 DEFAULT_BATCH_LIMIT = 100
 DEFAULT_INTERVAL_SECONDS = 60
+#: The longest stale threshold, ten years of seconds. Past it a pass's cutoff (``now`` less
+#: the threshold) can leave datetime's range (OverflowError on every pass), and past 2**31
+#: PostgreSQL's pass, which reads thresholds into an ``int`` recordset column, fails
+#: where the dry run (Python) succeeded. Bounded at load, so a policy that loads reconciles.
+MAX_THRESHOLD_SECONDS = 315_360_000
+#: The longest reconcile interval, one day: the scheduled pass is the safety net of every
+#: covered type, and an interval of years would be a typo that silently disables it.
+MAX_INTERVAL_SECONDS = 86_400
 
 _SECTIONS = frozenset({"reconciliation", "types"})
 _RECONCILIATION_KEYS = frozenset({"batch_limit", "interval_seconds"})
@@ -129,16 +137,20 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
         if key not in _RECONCILIATION_KEYS:
             raise fail(f"reconciliation.{_quote(key)}", "unknown key")
     batch_limit = _positive_int(
-        reconciliation, "batch_limit", "reconciliation.batch_limit", fail, DEFAULT_BATCH_LIMIT
+        reconciliation,
+        "batch_limit",
+        "reconciliation.batch_limit",
+        fail,
+        DEFAULT_BATCH_LIMIT,
+        maximum=MAX_BATCH_LIMIT,
     )
-    if batch_limit > MAX_BATCH_LIMIT:
-        raise fail("reconciliation.batch_limit", f"must be between 1 and {MAX_BATCH_LIMIT}")
     interval_seconds = _positive_int(
         reconciliation,
         "interval_seconds",
         "reconciliation.interval_seconds",
         fail,
         DEFAULT_INTERVAL_SECONDS,
+        maximum=MAX_INTERVAL_SECONDS,
     )
 
     types_table = _table(document, "types", "types", fail)
@@ -153,12 +165,8 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
             if key not in _REQUIRED_TYPE_KEYS and key not in _OPTIONAL_TYPE_KEYS:
                 raise fail(f"{where}.{_quote(key)}", "unknown key")
         # Evaluated in the order of the keys, so the first error reported is stable.
-        queued = _positive_int(
-            entry, _REQUIRED_TYPE_KEYS[0], f"{where}.{_REQUIRED_TYPE_KEYS[0]}", fail, None
-        )
-        running = _positive_int(
-            entry, _REQUIRED_TYPE_KEYS[1], f"{where}.{_REQUIRED_TYPE_KEYS[1]}", fail, None
-        )
+        queued = _threshold(entry, _REQUIRED_TYPE_KEYS[0], where, fail)
+        running = _threshold(entry, _REQUIRED_TYPE_KEYS[1], where, fail)
         scheduled = _boolean(
             entry, _OPTIONAL_TYPE_KEYS[0], f"{where}.{_OPTIONAL_TYPE_KEYS[0]}", fail
         )
@@ -195,7 +203,13 @@ def _table(document: dict[str, Any], key: str, where: str, fail: _Fail) -> dict[
 
 
 def _positive_int(
-    table: dict[str, Any], key: str, where: str, fail: _Fail, default: int | None
+    table: dict[str, Any],
+    key: str,
+    where: str,
+    fail: _Fail,
+    default: int | None,
+    *,
+    maximum: int,
 ) -> int:
     if key not in table:
         if default is None:
@@ -205,7 +219,13 @@ def _positive_int(
     # bool is a subclass of int in Python: `true` must not pass as 1.
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(where, f"must be a positive integer (got {value!r})")
+    if value > maximum:
+        raise fail(where, f"must be between 1 and {maximum} (got {value!r})")
     return value
+
+
+def _threshold(entry: dict[str, Any], key: str, where: str, fail: _Fail) -> int:
+    return _positive_int(entry, key, f"{where}.{key}", fail, None, maximum=MAX_THRESHOLD_SECONDS)
 
 
 def _boolean(table: dict[str, Any], key: str, where: str, fail: _Fail) -> bool:

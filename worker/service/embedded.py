@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -63,7 +64,8 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis+socket://{self.socket_path}"
 
-    def start(self, timeout_seconds: float = 20.0) -> EmbeddedRedis:
+    def check(self) -> None:
+        """Refuse a socket path the server could not use, before anything is started."""
         size = len(os.fsencode(self.socket_path))
         if size > MAX_SOCKET_PATH_BYTES:
             raise ConfigurationError(
@@ -71,6 +73,20 @@ class EmbeddedRedis:
                 f"long; unix sockets allow {MAX_SOCKET_PATH_BYTES}. Use a shorter var dir or "
                 "set RUNWARDEN_BROKER_URL"
             )
+        try:
+            mode = self.socket_path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        # A socket there was left by a server that was killed and is removed at start; a
+        # directory or a file is not ours to delete (unlink would fail or destroy it).
+        if not stat.S_ISSOCK(mode):
+            raise ConfigurationError(
+                f"RUNWARDEN_VAR_DIR: {self.socket_path}, where the embedded Redis socket goes, "
+                "is not a socket; move it away or set RUNWARDEN_BROKER_URL"
+            )
+
+    def start(self, timeout_seconds: float = 20.0) -> EmbeddedRedis:
+        self.check()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.socket_path.exists():
             if _answers(self.socket_path):

@@ -22,6 +22,7 @@ from types import FrameType
 
 from worker.db import describe_url
 from worker.migrate import upgrade
+from worker.service.checks import check_imports
 from worker.service.embedded import EmbeddedRedis
 from worker.service.procs import parent_death_signal
 from worker.settings import Settings, current_policy
@@ -58,10 +59,17 @@ class Service:
 
     def start(self) -> Service:
         settings = self.settings
+        # Every setting that would fail only later -- in the worker, or after the database
+        # was migrated -- is refused first, while nothing is written or started.
+        check_imports(settings.imports)
+        embedded = None
+        if not settings.broker_url:
+            embedded = EmbeddedRedis(settings.embedded_redis_socket, data_dir=settings.var_dir)
+            embedded.check()
+        policy = current_policy()  # a bad policy stops start-up here, with its key named
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         database_url = settings.resolved_database_url
         upgrade(database_url)
-        policy = current_policy()  # a bad policy stops start-up here, with its key named
         logger.info(
             "database %s migrated; policy %s covers %d types, reconciling every %d s",
             describe_url(database_url),
@@ -69,8 +77,8 @@ class Service:
             len(policy.types),
             policy.interval_seconds,
         )
-        if not settings.broker_url:
-            self.redis = EmbeddedRedis(settings.embedded_redis_socket, data_dir=settings.var_dir)
+        if embedded is not None:
+            self.redis = embedded
             self.redis.start()
             logger.info("embedded Redis listening on %s", settings.embedded_redis_socket)
         output = self.log_file.open("ab") if self.log_file else None
