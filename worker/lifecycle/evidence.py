@@ -21,6 +21,19 @@ _SECRET_PAIRS = re.compile(
 )
 REDACTED = "***"
 
+#: A name holding one of these anywhere ("DB_PASSWORD", "api_token", "sslkey") names a
+#: secret: a value stored under it is hidden whatever it looks like.
+_SECRET_NAME = re.compile(
+    r"password|passwd|passphrase|pwd|secret|token|credential|key|authorization|signature"
+    r"|^sig$",
+    re.IGNORECASE,
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a field, parameter or header called ``name`` holds a credential."""
+    return _SECRET_NAME.search(name) is not None
+
 
 def scrub(text: str) -> str:
     """Hide URL passwords and ``password=``/``token=``-style values."""
