@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from worker.errors import DatabaseUnavailableError
+from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, get_settings
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
@@ -111,12 +113,34 @@ def is_sqlite(bind: Engine | Connection | Session) -> bool:
 
 
 def describe_url(url: str) -> str:
-    """The URL with its password hidden, for messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL for messages: its password and every query parameter whose name looks
+    secret (``?password=``, ``sslpassword``, ``token``, ``sslkey``...) shown as ``***``.
+
+    libpq and the drivers take a password from the query string as readily as from the
+    user info, so hiding only the URL's password field is not enough."""
+    parsed = make_url(url)
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    if not parsed.query:
+        return shown
+    # As SQLAlchemy renders a query (sorted names, each value quoted), but rendered here:
+    # SQLAlchemy would quote the marker itself to %2A%2A%2A.
+    pairs = []
+    for name in sorted(parsed.query):
+        values = parsed.query[name]  # a str, or a tuple when the name is repeated
+        for value in (values,) if isinstance(values, str) else values:
+            shown_value = REDACTED if is_secret_name(name) else quote_plus(value)
+            pairs.append(f"{quote_plus(name)}={shown_value}")
+    return f"{shown}?{'&'.join(pairs)}"
 
 
 def unavailable(exc: DBAPIError, url: str | None = None) -> DatabaseUnavailableError:
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    # Drivers echo the connection string they were given (an invalid option, a DSN they
+    # could not parse): scrubbed, and before the first line is taken, as evidence is.
+    if exc.orig:
+        lines = scrub(str(exc.orig)).strip().splitlines()
+        detail = lines[0] if lines else ""
+    else:
+        detail = scrub(str(exc))
     where = describe_url(url) if url else "the database"
     return DatabaseUnavailableError(f"cannot use {where}: {detail}")
 

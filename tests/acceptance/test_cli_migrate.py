@@ -56,3 +56,25 @@ def test_help__lists_the_commands() -> None:
     result = _run("--help", env={})
     assert result.returncode == 0
     assert "migrate" in result.stdout
+
+
+def test_migrate__secret_query_parameter_in_the_url__not_printed(tmp_path: Path) -> None:
+    # SQLite ignores the parameter (SQLAlchemy warns that it does); the report of the
+    # migration must not repeat it.
+    url = f"sqlite:///{tmp_path / 'x.db'}?password=hunter2"
+    result = _run("migrate", env={"RUNWARDEN_DATABASE_URL": url})
+    assert result.returncode == 0, result.stderr
+    assert "latest schema" in result.stdout
+    assert "password=***" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_migrate__unreachable_database_with_secret_query_parameter__no_secret_printed() -> None:
+    url = f"postgresql+psycopg://u:pw1@127.0.0.1:{free_port()}/db?password=pw2"
+    result = _run("migrate", env={"RUNWARDEN_DATABASE_URL": url})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("runwarden: error: cannot use")
+    assert "pw1" not in result.stderr
+    assert "pw2" not in result.stderr
