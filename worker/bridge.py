@@ -20,7 +20,6 @@ from typing import Any
 
 from celery import signals
 
-from models import utcnow
 from worker.db import statement_session
 from worker.dispatch import is_operation_task as _is_operation
 from worker.lifecycle.reasons import ReasonCode
@@ -87,7 +86,6 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
                 celery_task_id=str(result["celery_task_id"]),
                 outcome=result["outcome"],
                 summary_counts=result.get("summary_counts"),
-                now=utcnow(),
             )
     except Exception:
         logger.exception("bridge could not record the success of %s", getattr(request, "id", "?"))
@@ -133,7 +131,6 @@ def _apply_failure(
                 facts=facts,
                 exception=exception,
                 policy=current_policy(),
-                now=utcnow(),
                 attempts=attempts,
                 extra_evidence=extra,
             )
@@ -155,7 +152,7 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
         original = reason if isinstance(reason, BaseException) else None
     try:
         with statement_session() as session:
-            outcome = bridge_retry(session, facts=facts, exception=original, now=utcnow())
+            outcome = bridge_retry(session, facts=facts, exception=original)
     except Exception:
         logger.exception("bridge could not record the retry of task %s", task_id)
         return
@@ -189,9 +186,7 @@ def _on_revoked(
         return
     try:
         with statement_session() as session:
-            outcome = bridge_cancel(
-                session, facts=facts, signum=signum, terminated=terminated, now=utcnow()
-            )
+            outcome = bridge_cancel(session, facts=facts, signum=signum, terminated=terminated)
     except Exception:
         logger.exception("bridge could not record the revoke of task %s", task_id)
         return

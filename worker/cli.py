@@ -228,8 +228,8 @@ def runs(
     as_json: bool,
 ) -> None:
     """List the newest runs with their freshness state."""
-    from models import utcnow
     from worker.db import read_session
+    from worker.lifecycle.clock import database_now
     from worker.lifecycle.freshness import OperationRunFreshnessState
     from worker.lifecycle.listing import list_runs
     from worker.lifecycle.policy import load_policy
@@ -239,7 +239,7 @@ def runs(
         listed = list_runs(
             session,
             policy,
-            now=utcnow(),
+            now=database_now(session),
             status=status,
             freshness=OperationRunFreshnessState(freshness) if freshness else None,
             types=types,

@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from models.types import sqlite_timestamp
 from worker.errors import DatabaseUnavailableError
 from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, get_settings
@@ -46,11 +48,20 @@ def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+        # The named statements read the database's clock as now(), as on PostgreSQL.
+        # SQLite has no now(); its own 'now' is the clock of the process executing the
+        # statement -- this one's -- so this is it, in the stored UTC format and with
+        # microseconds (strftime's %f has milliseconds).
+        dbapi_connection.create_function("now", 0, _sqlite_now, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(_IMMEDIATE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _sqlite_now() -> str:
+    return sqlite_timestamp(datetime.now(UTC))
 
 
 def build_engine(url: str, settings: Settings | None = None) -> Engine:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from models import (
@@ -27,7 +27,6 @@ from models import (
     Tenant,
     User,
     Workspace,
-    utcnow,
 )
 from worker.db import get_engine, read_session, write_session
 from worker.errors import BrokerUnavailableError, InvalidInputError, UnknownReferenceError
@@ -102,7 +101,6 @@ def _create_run(
     """(run id, created). An active run with the same identity is returned instead.
 
     An id naming no row raises :class:`UnknownReferenceError`; nothing is written."""
-    now = utcnow()
     with write_session(get_engine()) as session:
         # Under BEGIN IMMEDIATE on SQLite this check and the insert are one atomic step;
         # on PostgreSQL the partial unique index settles a race (IntegrityError below).
@@ -126,8 +124,9 @@ def _create_run(
             run_identity_hash=identity_hash,
             celery_task_id=celery_task_id,
             context={"inputs": dict(inputs)},
-            created_at=now,
-            updated_at=now,
+            # The database's clock: the window of a queued run counts from here.
+            created_at=func.now(),
+            updated_at=func.now(),
         )
         session.add(run)
         try:
@@ -270,7 +269,6 @@ def _fail_dispatch(run_id: int, task_name: str, celery_task_id: str, exc: BaseEx
                 "task_name": task_name,
                 "celery_task_id": celery_task_id,
             },
-            now=utcnow(),
             record_key="dispatch",
         )
     logger.error(

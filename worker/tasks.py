@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, Reject
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from models import RunOutcome, utcnow
+from models import RunOutcome
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app, tick_limits
 from worker.db import get_engine, statement_session
 from worker.dispatch import operation_task_name
@@ -92,7 +92,6 @@ class RunContext(StartedRun):
                 self.id,
                 attempt=self.attempt,
                 celery_task_id=self.celery_task_id,
-                now=utcnow(),
             )
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Any:
@@ -171,7 +170,6 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
                         gate=gate,
                         celery_task_id=str(task_id),
                         retries=int(self.request.retries or 0),
-                        now=utcnow(),
                         evidence=_facts(self).to_dict(),
                     )
                 break

@@ -62,7 +62,7 @@ def tied_backlog(pg_url: str) -> Iterator[Engine]:
 def test_pass_plan__tied_creation_times_need_no_sort(tied_backlog: Engine) -> None:
     now = utcnow()
     params = {
-        "policy": policy_rows(POLICY, ("inventory.sync",), now, dialect="postgresql"),
+        "policy": policy_rows(POLICY, ("inventory.sync",)),
         "now": now,
         "limit": 50,
         "source": "test",

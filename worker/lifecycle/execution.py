@@ -20,7 +20,7 @@ from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, RunStatus, Tenant, User
-from worker.lifecycle.evidence import dumps, iso
+from worker.lifecycle.evidence import dumps
 from worker.lifecycle.freshness import RUN_SNAPSHOT_COLUMNS, RunSnapshot
 from worker.lifecycle.gate import (
     CHECK_NAMES,
@@ -115,7 +115,7 @@ def start_execution(
     gate: QueuedExecutionLegitimacyGate,
     celery_task_id: str,
     retries: int,
-    now: datetime,
+    now: datetime | None = None,
     evidence: Mapping[str, Any] | None = None,
 ) -> ExecutionStart:
     """Decide whether the delivery ``celery_task_id`` with ``retries`` runs the body.
@@ -209,7 +209,7 @@ def start_run(
     gate: QueuedExecutionLegitimacyGate,
     celery_task_id: str,
     retries: int,
-    now: datetime,
+    now: datetime | None = None,
 ) -> Row[Any] | None:
     """Start attempt ``retries + 1`` of ``run_id`` for the delivery ``celery_task_id``
     where the gate allows it (``start_run``). Returns the started run's id, type,
@@ -228,7 +228,7 @@ def start_run(
 
 
 def heartbeat(
-    session: Session, run_id: int, *, attempt: int, celery_task_id: str, now: datetime
+    session: Session, run_id: int, *, attempt: int, celery_task_id: str, now: datetime | None = None
 ) -> bool:
     """Record liveness of a running run for the delivery running ``attempt``; False when
     the run ended meanwhile or another delivery owns it (the body should stop)."""
@@ -244,7 +244,7 @@ def record_retry(
     attempt: int,
     celery_task_id: str,
     evidence: Mapping[str, Any],
-    now: datetime,
+    now: datetime | None = None,
 ) -> bool:
     """The delivery running ``attempt`` scheduled a retry: the run stays running with the
     failed attempt recorded as ``context.bridge.last_retry`` (one statement)."""
@@ -252,7 +252,7 @@ def record_retry(
         "run_id": run_id,
         "attempt": attempt,
         "celery_task_id": celery_task_id,
-        "last_retry": dumps({**dict(evidence), "recorded_at": iso(now)}),
+        "last_retry": dumps(dict(evidence)),
         "now": now,
     }
     result = session.execute(statement(dialect_of(session), "record_retry"), params)

@@ -126,7 +126,7 @@ def bridge_failure(
     facts: TaskFacts,
     exception: BaseException | None,
     policy: LifecyclePolicy,
-    now: datetime,
+    now: datetime | None = None,
     attempts: int | None,
     extra_evidence: Mapping[str, Any] | None = None,
 ) -> BridgeOutcome:
@@ -170,7 +170,12 @@ def bridge_failure(
 
 
 def bridge_cancel(
-    session: Session, *, facts: TaskFacts, signum: Any, terminated: bool, now: datetime
+    session: Session,
+    *,
+    facts: TaskFacts,
+    signum: Any,
+    terminated: bool,
+    now: datetime | None = None,
 ) -> BridgeOutcome:
     """A revoked task never finishes: its run completes as ``cancelled``.
 
@@ -205,7 +210,7 @@ def bridge_success(
     celery_task_id: str,
     outcome: RunOutcome | str,
     summary_counts: Mapping[str, Any] | None,
-    now: datetime,
+    now: datetime | None = None,
 ) -> BridgeOutcome:
     """The body returned: the run completes with the outcome it reported, if the body's
     delivery still owns it."""
@@ -222,7 +227,11 @@ def bridge_success(
 
 
 def bridge_retry(
-    session: Session, *, facts: TaskFacts, exception: BaseException | None, now: datetime
+    session: Session,
+    *,
+    facts: TaskFacts,
+    exception: BaseException | None,
+    now: datetime | None = None,
 ) -> BridgeOutcome:
     """A retry was scheduled: the run stays running with the failed attempt recorded.
     Only the delivery that ran the current attempt records it."""

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models import RunOutcome, RunStatus
-from worker.lifecycle.evidence import dumps, iso
+from worker.lifecycle.evidence import dumps
 from worker.lifecycle.reasons import ReasonCode, default_message
 from worker.lifecycle.sql import statement
 
@@ -69,18 +69,21 @@ class TerminalTransition:
     expected_task_id: str | None = None
     summary_counts: Mapping[str, Any] | None = None
 
-    def record(self, now: datetime) -> dict[str, Any]:
-        """``context.<record_key>``; its ``evidence`` is also the audit row's."""
-        stamp = "reconciled_at" if self.record_key == "reconciliation" else "recorded_at"
+    def record(self) -> dict[str, Any]:
+        """``context.<record_key>``; its ``evidence`` is also the audit row's. The
+        statement stamps it (:attr:`stamp_key`) with the database's clock."""
         return {
             "reason_code": self.reason_code,
             "reason_message": self.reason_message,
             "source": self.source,
             "evidence": dict(self.evidence or {}),
-            stamp: iso(now),
         }
 
-    def payload(self, now: datetime) -> dict[str, Any]:
+    @property
+    def stamp_key(self) -> str:
+        return "reconciled_at" if self.record_key == "reconciliation" else "recorded_at"
+
+    def payload(self) -> dict[str, Any]:
         """This transition as ``end_runs`` reads it. Keys left out are NULL in SQL,
         meaning "leave that column alone"."""
         row: dict[str, Any] = {
@@ -98,7 +101,8 @@ class TerminalTransition:
             row["expected_task_id"] = self.expected_task_id
         if self.record_key is not None:
             row["record_key"] = self.record_key
-            row["record"] = self.record(now)
+            row["stamp_key"] = self.stamp_key
+            row["record"] = self.record()
         if self.reason_code is not None:
             row["failure"] = {"reason_code": self.reason_code, "message": self.reason_message}
         if self.summary_counts is not None:
@@ -158,9 +162,10 @@ def dialect_of(session: Session) -> str:
 
 
 def apply_terminal_transitions(
-    session: Session, transitions: Sequence[TerminalTransition], *, now: datetime
+    session: Session, transitions: Sequence[TerminalTransition], *, now: datetime | None = None
 ) -> list[int]:
     """Apply the transitions that still hold; return the run ids that won, in input order.
+    ``now`` pins the clock (tests); by default every timestamp is the database's.
 
     Audit rows are written only for the winners, so one forced transition yields exactly
     one audit row. The first transition given for a run is the one that counts.
@@ -185,7 +190,7 @@ def apply_terminal_transitions(
             }
             won = _rowcount(session.execute(statement(dialect, "complete_run"), params)) == 1
             return [only.run_id] if won else []
-    payload = dumps([t.payload(now) for t in by_id.values()])
+    payload = dumps([t.payload() for t in by_id.values()])
     rows = session.execute(statement(dialect, "end_runs"), {"now": now, "payload": payload})
     won_ids = {int(row.id) for row in rows}
     if dialect == "sqlite" and won_ids:
@@ -197,7 +202,9 @@ def apply_terminal_transitions(
     return [run_id for run_id in by_id if run_id in won_ids]
 
 
-def end_run(session: Session, transition: TerminalTransition, *, now: datetime) -> bool:
+def end_run(
+    session: Session, transition: TerminalTransition, *, now: datetime | None = None
+) -> bool:
     """:func:`apply_terminal_transitions` for one run: True if it won."""
     return bool(apply_terminal_transitions(session, [transition], now=now))
 
@@ -210,7 +217,7 @@ def force_fail_non_terminal_run(
     message: str | None = None,
     source: str,
     evidence: Mapping[str, Any] | None = None,
-    now: datetime,
+    now: datetime | None = None,
     record_key: str = "reconciliation",
     expected_status: RunStatus | None = None,
     expected_attempt: int | None = None,
@@ -238,7 +245,7 @@ def block(
     reason_code: str,
     source: str,
     evidence: Evidence,
-    now: datetime,
+    now: datetime | None = None,
     expected_attempt: int | None = None,
     expected_task_id: str | None = None,
 ) -> bool:
@@ -261,7 +268,7 @@ def cancel(
     *,
     source: str,
     evidence: Evidence = None,
-    now: datetime,
+    now: datetime | None = None,
     expected_task_id: str | None = None,
 ) -> bool:
     """The task was revoked with terminate: the run completes as ``cancelled``."""
@@ -277,7 +284,11 @@ def cancel(
 
 
 def _end_as(
-    session: Session, transition: TerminalTransition, outcome: RunOutcome, *, now: datetime
+    session: Session,
+    transition: TerminalTransition,
+    outcome: RunOutcome,
+    *,
+    now: datetime | None = None,
 ) -> bool:
     if transition.outcome is not outcome:
         raise ValueError(f"{transition.reason_code!r} does not end a run as {outcome.value}")
@@ -292,7 +303,7 @@ def complete(
     summary_counts: Mapping[str, Any] | None = None,
     attempt: int,
     celery_task_id: str,
-    now: datetime,
+    now: datetime | None = None,
 ) -> bool:
     """The task's own end: only a ``running`` run whose current attempt is this
     delivery's completes this way; no audit row."""

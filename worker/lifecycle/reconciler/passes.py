@@ -46,38 +46,37 @@ class PassPlan:
     limit: int
 
 
-def policy_rows(
-    policy: LifecyclePolicy, types: Sequence[str], now: datetime, *, dialect: str
-) -> str:
-    """The per-type windows a pass judges by, as the JSON both named scans read: the
-    cutoffs (``now`` less each threshold) in the backend's own timestamp format."""
-    render = sqlite_timestamp if dialect == "sqlite" else datetime.isoformat
+def policy_rows(policy: LifecyclePolicy, types: Sequence[str], now: datetime | None = None) -> str:
+    """The per-type windows a pass judges by, as the JSON both named scans read. With
+    ``now`` (SQLite's scan: the database's time, read first) each row also carries its
+    cutoffs in SQLite's stored format; PostgreSQL's pass takes them from its own clock."""
     rows = []
     for name in types:
         queued_s = policy.queued_stale_after_seconds(name)
         running_s = policy.running_stale_after_seconds(name)
-        rows.append(
-            {
-                "type": name,
-                "queued_s": queued_s,
-                "running_s": running_s,
-                "queued_cutoff": render(now - timedelta(seconds=queued_s)),
-                "running_cutoff": render(now - timedelta(seconds=running_s)),
-                "truth_path": policy.terminal_truth_path(name),
-            }
-        )
+        row: dict[str, Any] = {
+            "type": name,
+            "queued_s": queued_s,
+            "running_s": running_s,
+            "truth_path": policy.terminal_truth_path(name),
+        }
+        if now is not None:
+            row["queued_cutoff"] = sqlite_timestamp(now - timedelta(seconds=queued_s))
+            row["running_cutoff"] = sqlite_timestamp(now - timedelta(seconds=running_s))
+        rows.append(row)
     return dumps(rows)
 
 
 def statement_pass(
-    target: Connection | Session, policy: LifecyclePolicy, plan: PassPlan, now: datetime
+    target: Connection | Session, policy: LifecyclePolicy, plan: PassPlan, now: datetime | None
 ) -> ReconcileResult:
-    """One PostgreSQL pass: the ``reconcile_pass`` statement, one round trip."""
+    """One PostgreSQL pass: the ``reconcile_pass`` statement, one round trip, on the
+    database's clock (``now`` pins it for tests)."""
     if not plan.types:
         return ReconcileResult(0, 0, 0)
     options = plan.options
     params: dict[str, Any] = {
-        "policy": policy_rows(policy, plan.types, now, dialect="postgresql"),
+        "policy": policy_rows(policy, plan.types),
         "now": now,
         "limit": plan.limit,
         "source": options.source,
@@ -111,7 +110,7 @@ def python_pass(
         return ReconcileResult(0, 0, 0)
     options = plan.options
     params = {
-        "policy": policy_rows(policy, plan.types, now, dialect="sqlite"),
+        "policy": policy_rows(policy, plan.types, now),
         "limit": plan.limit,
         "tenant_ids": dumps(options.tenant_ids) if options.tenant_ids else None,
         "workspace_ids": dumps(options.workspace_ids) if options.workspace_ids else None,

@@ -25,9 +25,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from models import OperationRun, RunStatus, utcnow
+from models import OperationRun, RunStatus
 from worker.db import is_sqlite, read_session, write_session
 from worker.errors import InvalidOptionsError
+from worker.lifecycle.clock import database_now
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy
@@ -46,9 +47,11 @@ class OperationLifecycleReconciler:
         self,
         policy: LifecyclePolicy,
         *,
-        now: Callable[[], datetime] = utcnow,
+        now: Callable[[], datetime] | None = None,
         gate: QueuedExecutionLegitimacyGate | None = None,
     ) -> None:
+        """``now`` pins the clock (tests); by default every decision is made on the
+        database's clock (:mod:`worker.lifecycle.clock`)."""
         self._policy = policy
         self._now = now
         self._gate = gate or QueuedExecutionLegitimacyGate(policy)
@@ -135,21 +138,21 @@ class OperationLifecycleReconciler:
         policy, gate = self._policy, self._gate
         if not is_sqlite(target):
             if isinstance(target, Session):
-                yield lambda: statement_pass(target, policy, plan, self._now())
+                yield lambda: statement_pass(target, policy, plan, self._pinned())
                 return
             connection = target.connect().execution_options(isolation_level="AUTOCOMMIT")
             with connection:
-                yield lambda: statement_pass(connection, policy, plan, self._now())
+                yield lambda: statement_pass(connection, policy, plan, self._pinned())
             return
         if isinstance(target, Session):
-            yield lambda: python_pass(target, policy, gate, plan, self._now())
+            yield lambda: python_pass(target, policy, gate, plan, self._clock(target))
             return
         # A dry run writes nothing, so it takes no write lock (no BEGIN IMMEDIATE).
         open_session = read_session if options.dry_run else write_session
 
         def one_transaction() -> ReconcileResult:
             with open_session(target) as session:
-                return python_pass(session, policy, gate, plan, self._now())
+                return python_pass(session, policy, gate, plan, self._clock(session))
 
         yield one_transaction
 
@@ -168,7 +171,7 @@ class OperationLifecycleReconciler:
         ``None`` when there is nothing to do -- including when the run completed (or
         started) after it was loaded: compare-and-set leaves it alone.
         """
-        now = self._now()
+        now = self._clock(session)
         assessment = self.assessment(session, run, now=now)
         if assessment is None:
             return None
@@ -189,9 +192,15 @@ class OperationLifecycleReconciler:
         self, session: Session, run: RunLike, *, now: datetime | None = None
     ) -> Assessment | None:
         """Why ``run`` (as loaded) should be force-failed; ``None`` if it should not."""
-        now = now or self._now()
+        now = now or self._clock(session)
         return assess(run, self._policy, now, self._gate.evaluate(session, run))
 
     def explain(self, session: Session, run: OperationRun) -> RunExplanation:
         """The assessment of one run with a sentence saying why it would (not) be failed."""
-        return explain(session, run, policy=self._policy, gate=self._gate, now=self._now())
+        return explain(session, run, policy=self._policy, gate=self._gate, now=self._clock(session))
+
+    def _pinned(self) -> datetime | None:
+        return self._now() if self._now is not None else None
+
+    def _clock(self, session: Session) -> datetime:
+        return self._now() if self._now is not None else database_now(session)

@@ -98,6 +98,7 @@ _BIND_TYPES: dict[str, TypeEngine[Any]] = {
     "dry_run": Boolean(),
 }
 _RESULT_TYPES: dict[str, TypeEngine[Any]] = {
+    "now": UtcDateTime(),
     "created_at": UtcDateTime(),
     "started_at": UtcDateTime(),
     "last_heartbeat_at": UtcDateTime(),

@@ -1,6 +1,14 @@
 -- Statements both backends run as written. Bind parameters are :name (SQLAlchemy's
 -- text()); casts are written CAST(x AS t), never x::t. A statement runs in psql as it
 -- stands once its parameters are set (\set run_id 1 ... and :'name' for text).
+--
+-- Whose clock: every timestamp is the database's, now() (on SQLite, runwarden registers
+-- now() on each connection: SQLite's own clock is the executing process's). :now is NULL
+-- in production; a test may pin the clock with it.
+
+-- name: clock
+-- The database's time, for the decisions made in Python (explain, listings, SQLite passes).
+SELECT now() AS now;
 
 -- name: start_run
 -- Start attempt :retries + 1 of a run for the delivery that owns it, where the legitimacy gate allows it, returning what the body needs (no row: not started).
@@ -14,9 +22,9 @@
 UPDATE operation_runs SET
     status = 'running',
     attempts = :retries + 1,
-    started_at = COALESCE(started_at, :now),
-    last_heartbeat_at = :now,
-    updated_at = :now
+    started_at = COALESCE(started_at, COALESCE(:now, now())),
+    last_heartbeat_at = COALESCE(:now, now()),
+    updated_at = COALESCE(:now, now())
 WHERE id = :run_id
   AND celery_task_id = :celery_task_id
   AND attempts = :retries
@@ -33,7 +41,7 @@ RETURNING id, type, workspace_id, tenant_id, user_id, context;
 
 -- name: heartbeat
 -- Record that a running run is alive, for the delivery running its current attempt; a run that ended, or that another delivery owns, is not touched.
-UPDATE operation_runs SET last_heartbeat_at = :now, updated_at = :now
+UPDATE operation_runs SET last_heartbeat_at = COALESCE(:now, now()), updated_at = COALESCE(:now, now())
 WHERE id = :run_id
   AND status = 'running'
   AND attempts = :attempt
@@ -44,8 +52,8 @@ WHERE id = :run_id
 UPDATE operation_runs SET
     status = 'completed',
     outcome = :outcome,
-    completed_at = :now,
-    updated_at = :now,
+    completed_at = COALESCE(:now, now()),
+    updated_at = COALESCE(:now, now()),
     summary_counts = COALESCE(:summary_counts, summary_counts)
 WHERE id = :run_id
   AND status = 'running'

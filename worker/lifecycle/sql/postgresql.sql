@@ -5,8 +5,8 @@
 
 -- name: reconcile_pass
 -- One reconciliation pass as one statement: stale scan, legitimacy gate, evidence, compare-and-set write with its audit rows, and the pass's result; with :dry_run the same result and no write.
--- :policy is a JSON array of {type, queued_s, running_s, queued_cutoff, running_cutoff,
--- truth_path}, one per type the pass covers. :tenant_ids and :workspace_ids are NULL
+-- :policy is a JSON array of {type, queued_s, running_s, truth_path}, one per type the
+-- pass covers; the cutoffs are the database's clock less each threshold. :tenant_ids and :workspace_ids are NULL
 -- (every run) or arrays. The scan walks ix_operation_runs_active_scan in its own order,
 -- (type, status, created_at, id), and stops at :limit whatever the ties in created_at:
 -- ORDER BY id would walk the primary key past every completed run, and a tie-breaker the
@@ -14,10 +14,15 @@
 -- (SKIP LOCKED: concurrent reconcilers split the work), so the write updates straight
 -- from them. The Python reference is worker/lifecycle/reconciler/assessment.py; a test
 -- holds the two to identical changes.
-WITH policy AS (
-    SELECT * FROM jsonb_to_recordset(CAST(:policy AS jsonb)) AS p(
-        type text, queued_s int, running_s int, queued_cutoff timestamptz,
-        running_cutoff timestamptz, truth_path text)
+WITH clock AS (
+    SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now
+), policy AS (
+    SELECT p.type, p.queued_s, p.running_s, p.truth_path,
+           clock.now - make_interval(secs => p.queued_s) AS queued_cutoff,
+           clock.now - make_interval(secs => p.running_s) AS running_cutoff
+    FROM jsonb_to_recordset(CAST(:policy AS jsonb))
+             AS p(type text, queued_s int, running_s int, truth_path text)
+    CROSS JOIN clock
 ), candidates AS (
     SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
            CASE WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
@@ -63,11 +68,11 @@ WITH policy AS (
                 WHEN NOT g.user_active THEN 'execution.user_inactive' END
                AS legitimacy_reason,
            -- evidence.iso's format: UTC, always microseconds.
-           to_char(CAST(:now AS timestamptz) AT TIME ZONE 'UTC',
+           to_char(clock.now AT TIME ZONE 'UTC',
                    'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS evaluated_at,
            to_char(g.reference_time AT TIME ZONE 'UTC',
                    'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS reference_iso
-    FROM gated AS g
+    FROM gated AS g CROSS JOIN clock
 ), v AS MATERIALIZED (
     SELECT a.id, a.type, a.status, a.outcome, a.reason_code, a.reason_message,
            a.evaluated_at,
@@ -93,8 +98,8 @@ WITH policy AS (
     UPDATE operation_runs AS r SET
         status = 'completed',
         outcome = 'failed',
-        completed_at = :now,
-        updated_at = :now,
+        completed_at = clock.now,
+        updated_at = clock.now,
         context = jsonb_set(r.context, '{reconciliation}', jsonb_build_object(
             'reason_code', v.reason_code,
             'reason_message', v.reason_message,
@@ -103,7 +108,7 @@ WITH policy AS (
             'reconciled_at', v.evaluated_at)),
         failure_summary = r.failure_summary || jsonb_build_array(jsonb_build_object(
             'reason_code', v.reason_code, 'message', v.reason_message))
-    FROM v
+    FROM v CROSS JOIN clock
     -- Compare-and-set on the status judged: the rows are locked, but a queued run that
     -- started meanwhile must never be failed as "never started".
     WHERE r.id = v.id
@@ -121,8 +126,8 @@ WITH policy AS (
                               'source', CAST(:source AS text),
                               'outcome', 'failed',
                               'evidence', CAST(v.evidence AS jsonb)),
-           :now
-    FROM updated AS u JOIN v ON v.id = u.id
+           clock.now
+    FROM updated AS u JOIN v ON v.id = u.id CROSS JOIN clock
 )
 SELECT (SELECT count(*) FROM v) AS candidates,
        (SELECT count(*) FROM updated) AS reconciled,
@@ -144,16 +149,24 @@ SELECT (SELECT count(*) FROM v) AS candidates,
 -- name: end_runs
 -- The terminal write of a batch of runs: compare-and-set on the status, one audit row for each run won with an audit action; returns the ids won.
 -- :payload is a JSON array of TerminalTransition.payload() objects; a key left out is
--- NULL and leaves its column alone (or, for expected_*, checks nothing). Rows are locked
--- in id order first, so transactions writing overlapping batches queue on each other
--- instead of deadlocking; the compare-and-set is re-checked in the UPDATE itself: still
--- non-terminal, in the status the caller judged, and -- for a delivery's own failure --
--- still its attempt under its task id.
-WITH v AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+-- NULL and leaves its column alone (or, for expected_*, checks nothing). The record is
+-- stamped (stamp_key) with the database's clock. Rows are locked in id order first, so
+-- transactions writing overlapping batches queue on each other instead of deadlocking;
+-- the compare-and-set is re-checked in the UPDATE itself: still non-terminal, in the
+-- status the caller judged, and -- for a delivery's own write -- still its attempt under
+-- its task id.
+WITH clock AS (
+    SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now
+), v AS MATERIALIZED (
+    SELECT v.*,
+           CASE WHEN v.record IS NOT NULL THEN v.record || jsonb_build_object(v.stamp_key,
+                    to_char(clock.now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
+           END AS stamped_record
+    FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
         id bigint, outcome text, expected_status text, expected_attempt int,
-        expected_task_id text, record_key text, record jsonb, failure jsonb,
+        expected_task_id text, record_key text, stamp_key text, record jsonb, failure jsonb,
         summary_counts jsonb, source text, audit_action text)
+    CROSS JOIN clock
 ), locked AS MATERIALIZED (
     SELECT r.id FROM operation_runs AS r JOIN v ON r.id = v.id
     WHERE r.status IN ('queued', 'running')
@@ -163,14 +176,14 @@ WITH v AS MATERIALIZED (
     UPDATE operation_runs AS r SET
         status = 'completed',
         outcome = v.outcome,
-        completed_at = :now,
-        updated_at = :now,
+        completed_at = clock.now,
+        updated_at = clock.now,
         context = CASE WHEN v.record_key IS NULL THEN r.context
-                       ELSE jsonb_set(r.context, ARRAY[v.record_key], v.record) END,
+                       ELSE jsonb_set(r.context, ARRAY[v.record_key], v.stamped_record) END,
         failure_summary = CASE WHEN v.failure IS NULL THEN r.failure_summary
                                ELSE r.failure_summary || jsonb_build_array(v.failure) END,
         summary_counts = COALESCE(v.summary_counts, r.summary_counts)
-    FROM v JOIN locked ON locked.id = v.id
+    FROM v JOIN locked ON locked.id = v.id CROSS JOIN clock
     WHERE r.id = v.id
       AND r.status IN ('queued', 'running')
       AND (v.expected_status IS NULL OR r.status = v.expected_status)
@@ -187,8 +200,8 @@ WITH v AS MATERIALIZED (
                               'source', v.source,
                               'outcome', v.outcome,
                               'evidence', v.record -> 'evidence'),
-           :now
-    FROM updated AS u JOIN v ON v.id = u.id
+           clock.now
+    FROM updated AS u JOIN v ON v.id = u.id CROSS JOIN clock
     WHERE v.audit_action IS NOT NULL
 )
 SELECT u.id FROM updated AS u;
@@ -198,8 +211,11 @@ SELECT u.id FROM updated AS u;
 UPDATE operation_runs SET
     context = jsonb_set(context, '{bridge}',
                         COALESCE(context -> 'bridge', CAST('{}' AS jsonb))
-                        || jsonb_build_object('last_retry', CAST(:last_retry AS jsonb))),
-    updated_at = :now
+                        || jsonb_build_object('last_retry', CAST(:last_retry AS jsonb)
+                           || jsonb_build_object('recorded_at', to_char(
+                                  COALESCE(CAST(:now AS timestamptz), now()) AT TIME ZONE 'UTC',
+                                  'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')))),
+    updated_at = COALESCE(:now, now())
 WHERE id = :run_id
   AND status = 'running'
   AND attempts = :attempt

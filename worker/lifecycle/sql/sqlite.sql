@@ -1,10 +1,13 @@
 -- SQLite statements (the embedded default). Bind parameters are :name (SQLAlchemy's
 -- text()). Timestamps are stored as fixed-width UTC text ('YYYY-MM-DD HH:MM:SS.ffffff'),
--- so comparing them as text compares them in time. JSON arguments are JSON text.
+-- so comparing them as text compares them in time; now() (registered on each connection)
+-- gives the same format, and replace(t, ' ', 'T') || '+00:00' is evidence.iso's format.
+-- JSON arguments are JSON text.
 
 -- name: scan_stale_runs
 -- The stale runs a pass assesses in Python, oldest first in the active index's order, at most :limit (PostgreSQL assesses in reconcile_pass).
--- :policy is the JSON array reconcile_pass takes, its cutoffs in the stored format;
+-- :policy is the JSON array reconcile_pass takes, with cutoffs in the stored format
+-- (the database's clock, read by the pass, less each threshold);
 -- :tenant_ids and :workspace_ids are NULL (every run) or JSON arrays.
 SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
        r.created_at, r.started_at, r.last_heartbeat_at
@@ -31,10 +34,12 @@ LIMIT :limit;
 UPDATE operation_runs SET
     status = 'completed',
     outcome = v.outcome,
-    completed_at = :now,
-    updated_at = :now,
+    completed_at = COALESCE(:now, now()),
+    updated_at = COALESCE(:now, now()),
     context = CASE WHEN v.record_key IS NULL THEN operation_runs.context
-                   ELSE json_set(operation_runs.context, '$.' || v.record_key, json(v.record))
+                   ELSE json_set(operation_runs.context, '$.' || v.record_key,
+                                 json_set(json(v.record), '$.' || v.stamp_key,
+                                          replace(COALESCE(:now, now()), ' ', 'T') || '+00:00'))
               END,
     failure_summary = CASE WHEN v.failure IS NULL THEN operation_runs.failure_summary
                            ELSE json_insert(operation_runs.failure_summary, '$[#]',
@@ -48,6 +53,7 @@ FROM (
            json_extract(value, '$.expected_attempt') AS expected_attempt,
            json_extract(value, '$.expected_task_id') AS expected_task_id,
            json_extract(value, '$.record_key') AS record_key,
+           json_extract(value, '$.stamp_key') AS stamp_key,
            json_extract(value, '$.record') AS record,
            json_extract(value, '$.failure') AS failure,
            json_extract(value, '$.summary_counts') AS summary_counts
@@ -75,7 +81,7 @@ SELECT r.workspace_id, r.tenant_id, 'system',
                    'source', json_extract(v.value, '$.source'),
                    'outcome', json_extract(v.value, '$.outcome'),
                    'evidence', json(json_extract(v.value, '$.record.evidence'))),
-       :now
+       COALESCE(:now, now())
 FROM json_each(:payload) AS v
 JOIN operation_runs AS r ON r.id = json_extract(v.value, '$.id')
 WHERE json_extract(v.value, '$.audit_action') IS NOT NULL
@@ -87,8 +93,9 @@ ORDER BY v.key;
 UPDATE operation_runs SET
     context = json_set(context, '$.bridge',
                        json_set(COALESCE(json_extract(context, '$.bridge'), '{}'),
-                                '$.last_retry', json(:last_retry))),
-    updated_at = :now
+                                '$.last_retry',
+                                json_set(json(:last_retry), '$.recorded_at', replace(COALESCE(:now, now()), ' ', 'T') || '+00:00'))),
+    updated_at = COALESCE(:now, now())
 WHERE id = :run_id
   AND status = 'running'
   AND attempts = :attempt

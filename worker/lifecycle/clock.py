@@ -1,0 +1,24 @@
+"""Whose clock: the database's.
+
+Every timestamp a staleness or liveness decision compares is written by the database
+(``now()`` in the named statements), so a dispatcher, worker or reconciler host whose clock
+is off can neither make a fresh run look stale nor a dead one look fresh. A decision made in
+Python (``explain``, listings, SQLite passes) asks the database for its time first.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from worker.lifecycle.sql import statement
+
+
+def database_now(bind: Session | Connection) -> datetime:
+    """The database's current time (UTC, aware)."""
+    dialect = bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
+    value = bind.execute(statement(dialect, "clock")).scalar_one()
+    assert isinstance(value, datetime)
+    return value
