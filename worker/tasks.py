@@ -299,8 +299,10 @@ def reconcile_scheduled() -> dict[str, Any]:
     """The beat tick: drain stale runs within a time budget, one tick at a time."""
     policy = current_policy()
     limits = tick_limits(policy.interval_seconds)
+    # The app's own broker: an application may have configured app.conf.broker_url
+    # itself, and the lock must live where the ticks are published.
     lock = RedisLock(
-        redis_client(get_settings().resolved_broker_url),
+        redis_client(str(app.conf.broker_url or get_settings().resolved_broker_url)),
         RECONCILE_LOCK_KEY,
         ttl_seconds=limits.lock_ttl_seconds,
     )
