@@ -45,6 +45,8 @@ class OperationRun(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: a retry was asked for with a countdown: the run is alive until it is due
+    retry_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status"),

@@ -13,9 +13,11 @@ worker down. A run the bridge could not end is ended later by the reconciler.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import signals
@@ -150,13 +152,31 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
     original = getattr(reason, "exc", None)
     if not isinstance(original, BaseException):
         original = reason if isinstance(reason, BaseException) else None
+    retry_in = _retry_in_seconds(getattr(reason, "when", None))
     try:
         with statement_session() as session:
-            outcome = bridge_retry(session, facts=facts, exception=original)
+            outcome = bridge_retry(
+                session, facts=facts, exception=original, retry_in_seconds=retry_in
+            )
     except Exception:
         logger.exception("bridge could not record the retry of task %s", task_id)
         return
     _log("task_retry", outcome, facts, None)
+
+
+def _retry_in_seconds(when: object) -> float | None:
+    """How long until the retry is due: Retry.when is the countdown in seconds, or the
+    ETA (a datetime, or its ISO text)."""
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        return float(when)
+    if isinstance(when, str):
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(when)
+    if isinstance(when, datetime):
+        eta = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+        # Relative to this host's clock, as the ETA itself was computed.
+        return (eta - datetime.now(UTC)).total_seconds()
+    return None
 
 
 def _on_revoked(

@@ -85,6 +85,10 @@ queued_stale_after_seconds = 600
 running_stale_after_seconds = 600
 direct_failed_bridge = false
 
+[types."test.retry_later"]
+queued_stale_after_seconds = 600
+running_stale_after_seconds = 2
+
 [types."test.hold"]
 queued_stale_after_seconds = 600
 running_stale_after_seconds = 600

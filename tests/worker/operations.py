@@ -103,3 +103,15 @@ def hold_retrying(run: RunContext, **inputs: Any) -> OperationResult:
     record_execution(run, inputs)
     time.sleep(HOLD_SECONDS)
     return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})
+
+
+#: Longer than test.retry_later's 2 s running window.
+RETRY_COUNTDOWN_SECONDS = 6
+
+
+@operation("test.retry_later")
+def retry_later(run: RunContext, **inputs: Any) -> OperationResult:
+    record_execution(run, inputs)
+    if run.attempt == 1:
+        run.retry(exc=TransientError("upstream busy"), countdown=RETRY_COUNTDOWN_SECONDS)
+    return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})

@@ -7,6 +7,7 @@ the body ran at all.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -255,3 +256,25 @@ def test_operation__direct_failed_bridge_false__run_left_running(live: LiveWorke
     assert (run.status, run.outcome) == ("running", "pending")
     assert len(live.executions(run_id)) == 1
     assert live.audit_rows(run_id) == []
+
+
+def test_operation__waiting_for_a_retry_countdown_past_its_window__not_stale(
+    live: LiveWorker,
+) -> None:
+    """Issue 9, item 9: a run whose retry is due after its running window was failed as
+    run.stale_running while it waited, and its retry was then refused."""
+    tenancy = seed_tenancy(live.engine)
+    run_id = start_operation("test.retry_later", workspace_id=tenancy["workspace_id"])
+    wait_for(
+        lambda: "last_retry" in (live.run(run_id).context.get("bridge") or {}),
+        what="the retry to be recorded",
+    )
+    time.sleep(2.5)  # past the 2 s window, well before the retry is due
+
+    result = OperationLifecycleReconciler(load_policy(live.policy_file)).reconcile(live.engine)
+    assert result.reconciled == 0
+    assert live.run(run_id).status == "running"
+
+    run = live.wait_terminal(run_id)
+    assert (run.status, run.outcome, run.attempts) == ("completed", "succeeded", 2)
+    assert [e["attempt"] for e in live.executions(run_id)] == [1, 2]

@@ -244,15 +244,18 @@ def record_retry(
     attempt: int,
     celery_task_id: str,
     evidence: Mapping[str, Any],
+    retry_in_seconds: float | None = None,
     now: datetime | None = None,
 ) -> bool:
     """The delivery running ``attempt`` scheduled a retry: the run stays running with the
-    failed attempt recorded as ``context.bridge.last_retry`` (one statement)."""
+    failed attempt recorded as ``context.bridge.last_retry`` (one statement). With a
+    countdown the run is alive until the retry is due (``retry_due_at``) plus its window."""
     params = {
         "run_id": run_id,
         "attempt": attempt,
         "celery_task_id": celery_task_id,
         "last_retry": dumps(dict(evidence)),
+        "retry_in_seconds": None if retry_in_seconds is None else max(0.0, retry_in_seconds),
         "now": now,
     }
     result = session.execute(statement(dialect_of(session), "record_retry"), params)

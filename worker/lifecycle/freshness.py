@@ -37,6 +37,8 @@ class RunLike(Protocol):
     def started_at(self) -> datetime | None: ...
     @property
     def last_heartbeat_at(self) -> datetime | None: ...
+    @property
+    def retry_due_at(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class RunSnapshot:
     created_at: datetime
     started_at: datetime | None
     last_heartbeat_at: datetime | None
+    retry_due_at: datetime | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -73,6 +76,7 @@ RUN_SNAPSHOT_COLUMNS = (
     OperationRun.created_at,
     OperationRun.started_at,
     OperationRun.last_heartbeat_at,
+    OperationRun.retry_due_at,
 )
 
 
@@ -89,10 +93,12 @@ class StaleWindow:
 
 def reference_time(run: RunLike) -> datetime:
     """The last sign of life: creation for a queued run; the latest heartbeat, else the
-    start, else the creation for a running one (a heartbeating run is alive)."""
+    start, else the creation for a running one (a heartbeating run is alive) -- or, when
+    later, the time its retry is due (a run waiting for its retry is alive until then)."""
     if run.status == RunStatus.QUEUED:
         return run.created_at
-    return run.last_heartbeat_at or run.started_at or run.created_at
+    seen = run.last_heartbeat_at or run.started_at or run.created_at
+    return max(seen, run.retry_due_at) if run.retry_due_at is not None else seen
 
 
 def stale_window(run: RunLike, policy: LifecyclePolicy) -> StaleWindow | None:

@@ -231,6 +231,7 @@ def bridge_retry(
     *,
     facts: TaskFacts,
     exception: BaseException | None,
+    retry_in_seconds: float | None = None,
     now: datetime | None = None,
 ) -> BridgeOutcome:
     """A retry was scheduled: the run stays running with the failed attempt recorded.
@@ -244,6 +245,7 @@ def bridge_retry(
         **exception_evidence(exception),
         **facts.to_dict(),
         "next_attempt": None if facts.retries is None else facts.retries + 2,
+        "retry_in_seconds": retry_in_seconds,
     }
     won = record_retry(
         session,
@@ -251,6 +253,7 @@ def bridge_retry(
         attempt=facts.retries + 1,
         celery_task_id=facts.celery_task_id,
         evidence=evidence,
+        retry_in_seconds=retry_in_seconds,
         now=now,
     )
     return BridgeOutcome.APPLIED if won else BridgeOutcome.ALREADY_TERMINAL

@@ -102,6 +102,7 @@ _RESULT_TYPES: dict[str, TypeEngine[Any]] = {
     "created_at": UtcDateTime(),
     "started_at": UtcDateTime(),
     "last_heartbeat_at": UtcDateTime(),
+    "retry_due_at": UtcDateTime(),
     "context": JsonDoc,
 }
 

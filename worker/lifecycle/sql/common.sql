@@ -22,6 +22,7 @@ SELECT now() AS now;
 UPDATE operation_runs SET
     status = 'running',
     attempts = :retries + 1,
+    retry_due_at = NULL,
     started_at = COALESCE(started_at, COALESCE(:now, now())),
     last_heartbeat_at = COALESCE(:now, now()),
     updated_at = COALESCE(:now, now())

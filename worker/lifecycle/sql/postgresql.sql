@@ -28,14 +28,17 @@ WITH clock AS (
            CASE WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
                AS threshold_seconds,
            CASE WHEN r.status = 'queued' THEN r.created_at
-                ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at) END
+                ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                              r.retry_due_at) END
                AS reference_time,
            p.truth_path
     FROM operation_runs AS r JOIN policy AS p ON p.type = r.type
     WHERE r.status IN ('queued', 'running')
+      -- A running run's last sign of life, or the time its retry is due if later
+      -- (GREATEST ignores a NULL retry_due_at).
       AND CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
-               ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
-                    < p.running_cutoff END
+               ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                             r.retry_due_at) < p.running_cutoff END
       AND (CAST(:tenant_ids AS bigint[]) IS NULL
            OR r.tenant_id = ANY(CAST(:tenant_ids AS bigint[])))
       AND (CAST(:workspace_ids AS bigint[]) IS NULL
@@ -215,6 +218,9 @@ UPDATE operation_runs SET
                            || jsonb_build_object('recorded_at', to_char(
                                   COALESCE(CAST(:now AS timestamptz), now()) AT TIME ZONE 'UTC',
                                   'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')))),
+    -- NULL without a countdown: the run is then judged by its last sign of life.
+    retry_due_at = COALESCE(CAST(:now AS timestamptz), now())
+                   + make_interval(secs => CAST(:retry_in_seconds AS double precision)),
     updated_at = COALESCE(:now, now())
 WHERE id = :run_id
   AND status = 'running'

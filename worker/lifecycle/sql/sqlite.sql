@@ -10,16 +10,18 @@
 -- (the database's clock, read by the pass, less each threshold);
 -- :tenant_ids and :workspace_ids are NULL (every run) or JSON arrays.
 SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
-       r.created_at, r.started_at, r.last_heartbeat_at
+       r.created_at, r.started_at, r.last_heartbeat_at, r.retry_due_at
 FROM operation_runs AS r
 JOIN (SELECT json_extract(value, '$.type') AS type,
              json_extract(value, '$.queued_cutoff') AS queued_cutoff,
              json_extract(value, '$.running_cutoff') AS running_cutoff
       FROM json_each(:policy)) AS p ON p.type = r.type
 WHERE r.status IN ('queued', 'running')
+  -- A running run's last sign of life, or the time its retry is due if later (max() of
+  -- SQLite is NULL if an argument is, hence '' for no retry: it sorts before any time).
   AND CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
-           ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
-                < p.running_cutoff END
+           ELSE max(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                    COALESCE(r.retry_due_at, '')) < p.running_cutoff END
   AND (:tenant_ids IS NULL OR r.tenant_id IN (SELECT value FROM json_each(:tenant_ids)))
   AND (:workspace_ids IS NULL
        OR r.workspace_id IN (SELECT value FROM json_each(:workspace_ids)))
@@ -94,7 +96,11 @@ UPDATE operation_runs SET
     context = json_set(context, '$.bridge',
                        json_set(COALESCE(json_extract(context, '$.bridge'), '{}'),
                                 '$.last_retry',
-                                json_set(json(:last_retry), '$.recorded_at', replace(COALESCE(:now, now()), ' ', 'T') || '+00:00'))),
+                                json_set(json(:last_retry), '$.recorded_at',
+                                         replace(COALESCE(:now, now()), ' ', 'T') || '+00:00'))),
+    -- NULL without a countdown; the stored format (strftime has milliseconds).
+    retry_due_at = strftime('%Y-%m-%d %H:%M:%f', COALESCE(:now, now()),
+                            '+' || :retry_in_seconds || ' seconds') || '000',
     updated_at = COALESCE(:now, now())
 WHERE id = :run_id
   AND status = 'running'
