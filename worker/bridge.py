@@ -206,7 +206,13 @@ def _on_revoked(
         return
     try:
         with statement_session() as session:
-            outcome = bridge_cancel(session, facts=facts, signum=signum, terminated=terminated)
+            outcome = bridge_cancel(
+                session,
+                facts=facts,
+                signum=signum,
+                terminated=terminated,
+                policy=current_policy(),
+            )
     except Exception:
         logger.exception("bridge could not record the revoke of task %s", task_id)
         return

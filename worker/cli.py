@@ -311,6 +311,23 @@ def explain(run_id: int, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print source, sha256 and policy as JSON.")
+def policy(as_json: bool) -> None:
+    """The effective lifecycle policy (defaults filled in) and its sha256, the hash every
+    forced transition's evidence carries as policy_sha256."""
+    from worker.lifecycle.policy import load_policy
+
+    effective = load_policy()
+    if as_json:
+        _print_json(
+            {"source": effective.source, "sha256": effective.sha256, "policy": effective.to_dict()}
+        )
+        return
+    click.echo(f"# policy {effective.source}, sha256 {effective.sha256}")
+    click.echo(effective.to_toml(), nl=False)
+
+
+@main.command()
 @click.option(
     "-c", "--concurrency", type=click.IntRange(min=1), help="Pool processes (default: CPUs)."
 )

@@ -29,10 +29,16 @@ from models import (
     Workspace,
 )
 from worker.db import get_engine, read_session, write_session
-from worker.errors import BrokerUnavailableError, InvalidInputError, UnknownReferenceError
+from worker.errors import (
+    BrokerUnavailableError,
+    InvalidInputError,
+    RunwardenError,
+    UnknownReferenceError,
+)
 from worker.lifecycle.evidence import scrub_and_truncate
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.transitions import force_fail_non_terminal_run
+from worker.settings import current_policy
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +262,15 @@ def _check_id(key: str, value: object) -> None:
         )
 
 
+def _policy_sha256() -> str | None:
+    # The dispatching process need not be configured like the workers; a policy it
+    # cannot load must not hide why the publish failed.
+    try:
+        return current_policy().sha256
+    except RunwardenError:
+        return None
+
+
 def _fail_dispatch(run_id: int, task_name: str, celery_task_id: str, exc: BaseException) -> None:
     with write_session(get_engine()) as session:
         force_fail_non_terminal_run(
@@ -268,6 +283,7 @@ def _fail_dispatch(run_id: int, task_name: str, celery_task_id: str, exc: BaseEx
                 "exception_message": scrub_and_truncate(str(exc)),
                 "task_name": task_name,
                 "celery_task_id": celery_task_id,
+                "policy_sha256": _policy_sha256(),
             },
             record_key="dispatch",
         )

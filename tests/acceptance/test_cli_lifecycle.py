@@ -17,6 +17,7 @@ from models import AuditLog, OperationRun
 from tests.factories import make_run, seed_tenancy
 from tests.servers import free_port
 from worker.db import build_engine, read_session
+from worker.lifecycle.policy import load_policy, parse_policy
 
 RUNWARDEN = str(Path(sys.executable).with_name("runwarden"))
 POLICY = """
@@ -128,6 +129,9 @@ def test_cli_reconcile__json_matches_the_contract_and_fails_stale_runs(
     assert change["reason_code"] == "run.stale_running"
     assert change["evidence"]["threshold_seconds"] == 3600
     assert change["evidence"]["terminal_truth_path"] == "direct_and_scheduled"
+    # The rules that decided are the ones `runwarden policy` shows.
+    shown = json.loads(_run("policy", "--json", env=env).stdout)
+    assert change["evidence"]["policy_sha256"] == shown["sha256"]
 
     statuses, audits = _state(engine)
     assert statuses == {stale: ("completed", "failed"), fresh: ("queued", "pending")}
@@ -404,3 +408,20 @@ def test_cli_explain__reconciled_run_shows_its_record(seeded: dict[str, Any]) ->
 def test_cli_explain__missing_run_is_one_line_exit_2(seeded: dict[str, Any]) -> None:
     line = _one_line_error(_run("explain", "999999", env=seeded["env"]), 2)
     assert line == "runwarden: error: no operation run has id 999999"
+
+
+def test_cli_policy__prints_the_effective_policy_and_its_hash(policy_file: Path) -> None:
+    env = {"RUNWARDEN_POLICY_FILE": str(policy_file)}
+    shown = _run("policy", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    policy = load_policy(policy_file)
+    assert data == {"source": str(policy_file), "sha256": policy.sha256, "policy": policy.to_dict()}
+    # Defaults are filled in: the file leaves scheduled_reconciliation unsaid.
+    assert data["policy"]["types"]["report.export"]["scheduled_reconciliation"] is True
+
+    text = _run("policy", env=env)
+    assert text.returncode == 0, text.stderr
+    first, *rest = text.stdout.splitlines()
+    assert first == f"# policy {policy_file}, sha256 {policy.sha256}"
+    assert parse_policy("\n".join(rest)).sha256 == policy.sha256

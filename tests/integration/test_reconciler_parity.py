@@ -93,6 +93,8 @@ def test_pass__changes_match_the_python_reference_check_for_check(engine: Engine
     for run_id, change in sql.items():
         assert _normalise(change) == _normalise(expected[run_id]), run_id
         assert _normalise(preview[run_id]) == _normalise({**expected[run_id], "applied": False})
+    # Which rules decided, in every change: the policy's hash.
+    assert {c["evidence"]["policy_sha256"] for c in sql.values()} == {POLICY.sha256}
     # Every gate verdict is exercised, not just "allowed".
     verdicts = {c["evidence"]["execution_legitimacy"]["reason_code"] for c in sql.values()}
     assert verdicts == {

@@ -74,6 +74,7 @@ def test_pass_plan__tied_creation_times_need_no_sort(tied_backlog: Engine) -> No
         "stale_running": ReasonCode.STALE_RUNNING.value,
         "stale_running_message": ReasonCode.STALE_RUNNING.default_message,
         "audit_action": "operation_run.force_failed",
+        "policy_sha256": POLICY.sha256,
     }
     explain = text("EXPLAIN (FORMAT JSON) " + query("postgresql", "reconcile_pass").sql)
     with tied_backlog.connect() as conn:

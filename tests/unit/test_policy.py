@@ -199,3 +199,55 @@ def test_load_policy__values_at_the_bounds_load() -> None:
     assert policy.interval_seconds == 86_400
     assert policy.queued_stale_after_seconds("inventory.sync") == 315_360_000
     assert policy.running_stale_after_seconds("inventory.sync") == 315_360_000
+
+
+_FORMATTED = """
+# the same rules, written another way
+[types."b.two"]
+running_stale_after_seconds = 30
+queued_stale_after_seconds = 20
+scheduled_reconciliation = true
+
+[reconciliation]
+interval_seconds = 60
+batch_limit = 100
+
+[types."a.one"]
+queued_stale_after_seconds = 10
+running_stale_after_seconds = 10
+"""
+_PLAIN = """
+[types."a.one"]
+queued_stale_after_seconds = 10
+running_stale_after_seconds = 10
+[types."b.two"]
+queued_stale_after_seconds = 20
+running_stale_after_seconds = 30
+"""
+
+
+def test_policy_sha256__formatting_order_comments_and_written_defaults_do_not_change_it() -> None:
+    assert parse_policy(_FORMATTED).sha256 == parse_policy(_PLAIN).sha256
+    assert len(parse_policy(_PLAIN).sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        _PLAIN.replace("= 30", "= 31"),
+        _PLAIN + "direct_failed_bridge = false\n",
+        _PLAIN + "scheduled_reconciliation = false\n",
+        "[reconciliation]\nbatch_limit = 99\n" + _PLAIN,
+        _PLAIN.replace('"a.one"', '"a.uno"'),
+    ],
+    ids=["threshold", "bridge", "scheduled", "batch limit", "type name"],
+)
+def test_policy_sha256__any_rule_changes_it(changed: str) -> None:
+    assert parse_policy(changed).sha256 != parse_policy(_PLAIN).sha256
+
+
+def test_policy_to_toml__loads_back_to_the_same_policy() -> None:
+    policy = load_policy()
+    again = parse_policy(policy.to_toml())
+    assert again.sha256 == policy.sha256
+    assert again.to_dict() == policy.to_dict()

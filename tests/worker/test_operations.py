@@ -74,6 +74,8 @@ def test_operation__raises_after_retries__job_failed_with_scrubbed_evidence(
     assert "abc123secret" not in evidence["exception_message"]
     assert "db.internal" in evidence["exception_message"]
     assert evidence["last_retry"]["exception_type"] == "TransientError"
+    # Which rules decided: the hash of the effective policy the worker ran with.
+    assert evidence["policy_sha256"] == load_policy(live.policy_file).sha256
     [audit] = live.audit_rows(run_id)
     assert audit.action == "operation_run.force_failed"
     assert audit.metadata_["reason_code"] == "run.job_failed"
@@ -240,6 +242,8 @@ def test_operation__tenant_deactivated_before_start__blocked(live: LiveWorker) -
     assert (run.status, run.outcome) == ("completed", "blocked")
     assert _reason(run) == "execution.tenant_inactive"
     assert run.context["legitimacy"]["evidence"]["execution_legitimacy"]["allowed"] is False
+    policy_sha256 = load_policy(live.policy_file).sha256
+    assert run.context["legitimacy"]["evidence"]["policy_sha256"] == policy_sha256
     assert live.executions(run_id) == []
     [audit] = live.audit_rows(run_id)
     assert audit.action == "operation_run.blocked"

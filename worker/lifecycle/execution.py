@@ -169,7 +169,11 @@ def start_execution(
             run_id,
             reason_code=reason,
             source=GATE_SOURCE,
-            evidence={**dict(evidence or {}), "execution_legitimacy": verdict.to_dict()},
+            evidence={
+                **dict(evidence or {}),
+                "execution_legitimacy": verdict.to_dict(),
+                "policy_sha256": gate.policy.sha256,
+            },
             now=now,
             expected_attempt=attempts,
             expected_task_id=celery_task_id,

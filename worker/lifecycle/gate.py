@@ -95,6 +95,10 @@ class QueuedExecutionLegitimacyGate:
         return {run.id: self._evaluate_with(run, tenants, users) for run in runs}
 
     @property
+    def policy(self) -> LifecyclePolicy:
+        return self._policy
+
+    @property
     def covered_types_json(self) -> str:
         """The covered type names as the JSON object ``start_run`` checks a run's type
         against (the type_covered check in SQL)."""

@@ -7,6 +7,8 @@ a string must stop the service at start-up, not silently leave runs unreconciled
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import tomllib
 from collections.abc import Callable
@@ -61,6 +63,48 @@ class LifecyclePolicy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {t.name: t for t in self.types})
 
+    def to_dict(self) -> dict[str, Any]:
+        """The effective policy: every key with its value, defaults filled in, types by
+        name -- what ``runwarden policy`` prints and :attr:`sha256` hashes."""
+        return {
+            "reconciliation": {
+                "batch_limit": self.batch_limit,
+                "interval_seconds": self.interval_seconds,
+            },
+            "types": {
+                t.name: {
+                    "queued_stale_after_seconds": t.queued_stale_after_seconds,
+                    "running_stale_after_seconds": t.running_stale_after_seconds,
+                    "scheduled_reconciliation": t.scheduled_reconciliation,
+                    "direct_failed_bridge": t.direct_failed_bridge,
+                }
+                for t in sorted(self.types, key=lambda t: t.name)
+            },
+        }
+
+    def to_toml(self) -> str:
+        """:meth:`to_dict` as a policy file: loading it gives this policy (same hash)."""
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            if section == "types":
+                for name, keys in values.items():
+                    # A TOML basic string takes JSON's escapes.
+                    lines += ["", f"[types.{json.dumps(name)}]"]
+                    lines += [f"{key} = {_toml_value(value)}" for key, value in keys.items()]
+            else:
+                lines += ["", f"[{section}]"]
+                lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The hash of the canonical form of :meth:`to_dict` (sorted keys, no whitespace):
+        every forced transition's evidence carries it, so an operator can tell which rules
+        failed a run. Formatting, key order, comments and defaults written out or left to
+        their default do not change it; any rule does."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
     def covered_type_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.types)
 
@@ -96,6 +140,10 @@ class LifecyclePolicy:
 
     def reconciliation_batch_limit(self) -> int:
         return self.batch_limit
+
+
+def _toml_value(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def load_policy(path: Path | None = None) -> LifecyclePolicy:

@@ -150,6 +150,7 @@ def bridge_failure(
         **facts.to_dict(),
         **dict(extra_evidence or {}),
         "terminal_truth_path": policy.terminal_truth_path(run.type),
+        "policy_sha256": policy.sha256,
     }
     # The terminal record replaces context.bridge; keep the earlier attempt's error in it.
     last_retry = _last_retry(run)
@@ -175,6 +176,7 @@ def bridge_cancel(
     facts: TaskFacts,
     signum: Any,
     terminated: bool,
+    policy: LifecyclePolicy,
     now: datetime | None = None,
 ) -> BridgeOutcome:
     """A revoked task never finishes: its run completes as ``cancelled``.
@@ -189,6 +191,7 @@ def bridge_cancel(
         **facts.to_dict(),
         "terminated": bool(terminated),
         "signal": None if signum is None else str(signum),
+        "policy_sha256": policy.sha256,
     }
     # A revoke names the task id, whichever delivery of it runs: fenced on the id alone.
     won = cancel(

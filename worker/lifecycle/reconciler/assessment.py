@@ -77,6 +77,7 @@ def assess(
             "status": str(run.status),
             "execution_legitimacy": legitimacy.to_dict(),
             "terminal_truth_path": policy.terminal_truth_path(run.type),
+            "policy_sha256": policy.sha256,
         },
     )
 

@@ -88,6 +88,7 @@ def statement_pass(
         "stale_running": ReasonCode.STALE_RUNNING.value,
         "stale_running_message": ReasonCode.STALE_RUNNING.default_message,
         "audit_action": ReasonCode.STALE_RUNNING.audit_action,
+        "policy_sha256": policy.sha256,
     }
     row = target.execute(statement("postgresql", "reconcile_pass"), params).one()
     candidates, reconciled = int(row.candidates), int(row.reconciled)

@@ -95,7 +95,8 @@ WITH clock AS (
                        'tenant_in_workspace', a.tenant_in_workspace,
                        'user_active', a.user_active,
                        'type_covered', true)),
-               'terminal_truth_path', a.truth_path) AS evidence
+               'terminal_truth_path', a.truth_path,
+               'policy_sha256', CAST(:policy_sha256 AS text)) AS evidence
     FROM assessed AS a
 ), updated AS (
     UPDATE operation_runs AS r SET
