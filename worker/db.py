@@ -154,6 +154,13 @@ def read_session(engine: Engine | None = None) -> Iterator[Session]:
         yield session
 
 
+def immediate(engine: Engine) -> Engine:
+    """``engine`` for a transaction that writes: on SQLite it begins with ``BEGIN
+    IMMEDIATE``, taking the write lock (waiting up to the busy timeout for it) before the
+    first read; elsewhere ``engine`` itself."""
+    return engine.execution_options(**{_IMMEDIATE: True}) if is_sqlite(engine) else engine
+
+
 @contextmanager
 def write_session(engine: Engine | None = None) -> Iterator[Session]:
     """One write transaction: committed on success, rolled back on any error.
@@ -162,8 +169,7 @@ def write_session(engine: Engine | None = None) -> Iterator[Session]:
     before the first read, so read-then-write transactions never fail half way.
     """
     engine = engine or get_engine()
-    bind = engine.execution_options(**{_IMMEDIATE: True}) if is_sqlite(engine) else engine
-    with Session(bind, expire_on_commit=False) as session, session.begin():
+    with Session(immediate(engine), expire_on_commit=False) as session, session.begin():
         yield session
 
 
@@ -200,6 +206,7 @@ __all__ = [
     "describe_url",
     "dispose_engines",
     "get_engine",
+    "immediate",
     "is_sqlite",
     "read_session",
     "statement_session",

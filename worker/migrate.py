@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy.exc import DBAPIError
 
 from migrations import SCRIPT_LOCATION
-from worker.db import build_engine, unavailable
+from worker.db import build_engine, immediate, unavailable
 from worker.settings import get_settings
 
 
@@ -30,10 +30,13 @@ def downgrade(url: str | None = None, revision: str = "base") -> None:
 
 def _run(step: Callable[[Config, str], None], url: str | None, revision: str) -> None:
     # One transaction for the whole step: a migration that fails half way leaves nothing.
+    # On SQLite it takes the write lock at BEGIN: alembic reads the version table before
+    # its first write, and a deferred transaction whose snapshot another writer committed
+    # past fails at once with "database is locked" instead of waiting its busy timeout.
     url = url or get_settings().resolved_database_url
     engine = build_engine(url)
     try:
-        with engine.begin() as connection:
+        with immediate(engine).begin() as connection:
             config = alembic_config(url)
             config.attributes["connection"] = connection
             step(config, revision)
