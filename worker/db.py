@@ -13,7 +13,9 @@ another process committed in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +33,8 @@ from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, get_settings
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
+#: How long :func:`interrupt` may take to deliver PostgreSQL's cancel request.
+_CANCEL_TIMEOUT_SECONDS = 2.0
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
 
@@ -105,6 +109,25 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _autocommit_engines.clear()
+
+
+def interrupt(dbapi_connection: Any) -> None:
+    """From another thread: stop the statement ``dbapi_connection`` is running, best effort.
+
+    PostgreSQL cancels it in the server, a lock wait included. SQLite stops a running
+    statement, but not its wait for another writer's lock (``sqlite3_interrupt`` does not
+    end the busy handler's sleeps); that wait holds no lock and ends with the process.
+    """
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.interrupt()
+        return
+    cancel_safe = getattr(dbapi_connection, "cancel_safe", None)  # psycopg >= 3.2
+    # Not sent (the server went away, a timeout): the statement ends at its lock_timeout.
+    with contextlib.suppress(Exception):
+        if cancel_safe is not None:
+            cancel_safe(timeout=_CANCEL_TIMEOUT_SECONDS)
+        else:
+            dbapi_connection.cancel()
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:
@@ -207,6 +230,7 @@ __all__ = [
     "dispose_engines",
     "get_engine",
     "immediate",
+    "interrupt",
     "is_sqlite",
     "read_session",
     "statement_session",

@@ -36,6 +36,14 @@ class DatabaseUnavailableError(RunwardenError):
     """The database cannot be reached."""
 
 
+class DatabaseLockedError(DatabaseUnavailableError):
+    """The database is locked by another session."""
+
+
+class MigrationCancelledError(RunwardenError):
+    """The migration was cancelled before it wrote anything."""
+
+
 class BrokerUnavailableError(RunwardenError):
     """The message broker cannot be reached."""
 
