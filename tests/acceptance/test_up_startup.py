@@ -1,11 +1,13 @@
 """``runwarden up`` while it starts: a signal stops it at once, with nothing left running,
-whatever it is waiting for (a migration waiting for a lock held by another session)."""
+whatever it is waiting for (a migration waiting for a lock held by another session); a
+configured broker that does not answer stops it before anything is written."""
 
 from __future__ import annotations
 
 import shutil
 import signal
 import sqlite3
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,7 +18,8 @@ import pytest
 
 from migrations import VERSION_TABLE
 from tests.acceptance.test_migrate_locks import has_open
-from tests.acceptance.test_up import Up, alive, descendants
+from tests.acceptance.test_up import RUNWARDEN, Up, alive, descendants
+from tests.servers import RedisServer
 from worker.migrate import upgrade
 
 pytestmark = [pytest.mark.slow]
@@ -112,3 +115,56 @@ def test_up__signal_while_migration_waits_for_the_sqlite_write_lock__exits_at_on
         _interrupted(up, signum)
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "shown"),
+    [
+        ("redis://:s3cret@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+        ("redis+socket://:s3cret@/nonexistent/redis.sock", "redis+socket://:***@/nonexistent/"),
+    ],
+    ids=["tcp", "socket"],
+)
+def test_up__unreachable_broker__one_line_exit_1_naming_it_and_nothing_written(
+    var_dir: Path, broker_url: str, shown: str
+) -> None:
+    up = Up(var_dir)
+    env = {**up.env, "RUNWARDEN_BROKER_URL": broker_url}
+    before = {p.relative_to(var_dir) for p in var_dir.rglob("*")}
+
+    result = subprocess.run(
+        [str(RUNWARDEN), "up", "-c", "1"],
+        cwd=var_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("runwarden: error: ")
+    assert shown in lines[0]
+    assert "s3cret" not in result.stderr
+    assert {p.relative_to(var_dir) for p in var_dir.rglob("*")} == before
+
+
+def test_up__configured_broker_that_answers__comes_up_on_it(
+    var_dir: Path, redis_server: RedisServer
+) -> None:
+    up = Up(var_dir)
+    up.env["RUNWARDEN_BROKER_URL"] = f"{redis_server.url}/3"
+    up.start()
+    assert up.process is not None
+    started: set[int] = set()
+    try:
+        up.wait_ready()
+        started = descendants(up.process.pid)
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(60) == 0, up.output()[-3000:]
+    finally:
+        up.kill_leftovers(descendants(up.process.pid) | started)
+    assert "embedded Redis listening" not in up.output()
+    assert not (var_dir / "redis.sock").exists()

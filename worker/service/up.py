@@ -11,6 +11,7 @@ then the broker it was using. A second signal skips the wait. A signal during st
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from types import FrameType
 
 from worker.db import describe_url
 from worker.migrate import Migration
-from worker.service.checks import check_imports
+from worker.service.checks import check_broker, check_imports
 from worker.service.embedded import EmbeddedRedis
 from worker.service.procs import StartupInterrupted, parent_death_signal
 from worker.settings import Settings, current_policy
@@ -77,6 +78,9 @@ class Service:
             embedded = EmbeddedRedis(settings.embedded_redis_socket, data_dir=settings.var_dir)
             embedded.check()
         policy = current_policy()  # a bad policy stops start-up here, with its key named
+        if settings.broker_url:
+            # Before the migration: Celery would retry an unreachable broker for minutes.
+            self._interruptible(functools.partial(check_broker, settings.broker_url))
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         database_url = settings.resolved_database_url
         logger.info("migrating database %s", describe_url(database_url))
