@@ -21,32 +21,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from worker.errors import DatabaseUnavailableError
+from worker.errors import DatabaseMissingError, DatabaseUnavailableError
 from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, get_settings
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
 #: How long :func:`interrupt` may take to deliver PostgreSQL's cancel request.
 _CANCEL_TIMEOUT_SECONDS = 2.0
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, bool], Engine] = {}
 _lock = threading.Lock()
 
 
-def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_seconds: float, *, writes: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        if writes:
+            # Persistent, written into the file: not for a reader (migrate sets it).
+            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -57,21 +59,39 @@ def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def build_engine(url: str, settings: Settings | None = None) -> Engine:
-    """A new engine for ``url`` with runwarden's per-backend configuration."""
+def build_engine(url: str, settings: Settings | None = None, *, create: bool = True) -> Engine:
+    """A new engine for ``url`` with runwarden's per-backend configuration.
+
+    ``create=False`` is for commands that only read, and creates nothing: a SQLite file
+    that does not exist is :class:`DatabaseMissingError` (its directory is not made), the
+    file is opened without SQLite's create flag (``mode=rw``: one removed after this
+    check is not made anew), and its journal mode is left as it is. Commands that write
+    create the file and its directory.
+    """
     settings = settings or get_settings()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        connect_args: dict[str, Any] = {"timeout": settings.sqlite_busy_timeout_seconds}
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url,
-            connect_args={"timeout": settings.sqlite_busy_timeout_seconds},
-        )
-        _configure_sqlite(engine, settings.sqlite_busy_timeout_seconds)
+            path = Path(database)
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.is_file():
+                raise DatabaseMissingError(
+                    f"no database at {path.absolute()}: run `runwarden migrate` to create it"
+                )
+            else:
+                # As a URI, which SQLAlchemy passes on as it is (a plain path it makes
+                # absolute, prefix and all).
+                parsed = parsed.set(
+                    database=f"file:{quote(str(path.absolute()))}",
+                    query={**parsed.query, "mode": "rw", "uri": "true"},
+                )
+        engine = create_engine(parsed, connect_args=connect_args)
+        _configure_sqlite(engine, settings.sqlite_busy_timeout_seconds, writes=create)
         return engine
-    connect_args: dict[str, Any] = {}
+    connect_args = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 5
         # Timestamps rendered by the database (evidence built in SQL) read as UTC.
@@ -79,14 +99,15 @@ def build_engine(url: str, settings: Settings | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """This process's engine for ``url`` (default: the configured database)."""
+def get_engine(url: str | None = None, *, create: bool = True) -> Engine:
+    """This process's engine for ``url`` (default: the configured database); ``create``
+    as in :func:`build_engine`, each kind cached on its own."""
     url = url or get_settings().resolved_database_url
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, create)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = build_engine(url)
+            engine = build_engine(url, create=create)
             _engines[key] = engine
         return engine
 

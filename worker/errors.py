@@ -36,6 +36,14 @@ class DatabaseUnavailableError(RunwardenError):
     """The database cannot be reached."""
 
 
+class DatabaseMissingError(DatabaseUnavailableError):
+    """The database does not exist: run `runwarden migrate` to create it."""
+
+
+class DatabaseNotMigratedError(DatabaseUnavailableError):
+    """The database has not been migrated: run `runwarden migrate`."""
+
+
 class DatabaseLockedError(DatabaseUnavailableError):
     """The database is locked by another session."""
 
