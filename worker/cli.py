@@ -93,6 +93,18 @@ def migrate() -> None:
 # -- lifecycle commands: click in, lifecycle call, text or JSON out -----------------------
 
 
+def _database(*, create: bool) -> Engine:
+    """The configured database, checked to have runwarden's tables. ``create=False`` for
+    the commands that only read: a missing SQLite file is an error, not made on the way."""
+    from worker.db import get_engine
+    from worker.migrate import check_migrated
+
+    url = get_settings().resolved_database_url
+    engine = get_engine(url, create=create)
+    check_migrated(engine, url)
+    return engine
+
+
 def _reconciler() -> OperationLifecycleReconciler:
     from worker.lifecycle.policy import load_policy
     from worker.lifecycle.reconciler import OperationLifecycleReconciler
@@ -157,7 +169,6 @@ def reconcile(
     as_json: bool,
 ) -> None:
     """Force-fail stale queued/running runs now, with evidence."""
-    from worker.db import get_engine
     from worker.lifecycle.reconciler import ON_DEMAND_SOURCE, DrainResult, ReconcileOptions
 
     if drain and dry_run:
@@ -171,7 +182,7 @@ def reconcile(
         source=ON_DEMAND_SOURCE,
     )
     reconciler = _reconciler()
-    engine = get_engine()
+    engine = _database(create=not dry_run)
     if drain and as_json:
         _stream_drain_json(reconciler, engine, options)
         return
@@ -235,7 +246,7 @@ def runs(
     from worker.lifecycle.policy import load_policy
 
     policy = load_policy()
-    with read_session() as session:
+    with read_session(_database(create=False)) as session:
         listed = list_runs(
             session,
             policy,
@@ -280,7 +291,7 @@ def explain(run_id: int, as_json: bool) -> None:
     from worker.errors import RunNotFoundError
 
     reconciler = _reconciler()
-    with read_session() as session:
+    with read_session(_database(create=False)) as session:
         run = session.get(OperationRun, run_id)
         if run is None:
             raise RunNotFoundError(f"no operation run has id {run_id}")

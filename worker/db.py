@@ -13,14 +13,16 @@ another process committed in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
@@ -28,23 +30,27 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.types import sqlite_timestamp
-from worker.errors import DatabaseUnavailableError
+from worker.errors import DatabaseMissingError, DatabaseUnavailableError
 from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, get_settings
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
-_engines: dict[tuple[int, str], Engine] = {}
+#: How long :func:`interrupt` may take to deliver PostgreSQL's cancel request.
+_CANCEL_TIMEOUT_SECONDS = 2.0
+_engines: dict[tuple[int, str, bool], Engine] = {}
 _lock = threading.Lock()
 
 
-def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_seconds: float, *, writes: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        if writes:
+            # Persistent, written into the file: not for a reader (migrate sets it).
+            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -64,21 +70,39 @@ def _sqlite_now() -> str:
     return sqlite_timestamp(datetime.now(UTC))
 
 
-def build_engine(url: str, settings: Settings | None = None) -> Engine:
-    """A new engine for ``url`` with runwarden's per-backend configuration."""
+def build_engine(url: str, settings: Settings | None = None, *, create: bool = True) -> Engine:
+    """A new engine for ``url`` with runwarden's per-backend configuration.
+
+    ``create=False`` is for commands that only read, and creates nothing: a SQLite file
+    that does not exist is :class:`DatabaseMissingError` (its directory is not made), the
+    file is opened without SQLite's create flag (``mode=rw``: one removed after this
+    check is not made anew), and its journal mode is left as it is. Commands that write
+    create the file and its directory.
+    """
     settings = settings or get_settings()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        connect_args: dict[str, Any] = {"timeout": settings.sqlite_busy_timeout_seconds}
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url,
-            connect_args={"timeout": settings.sqlite_busy_timeout_seconds},
-        )
-        _configure_sqlite(engine, settings.sqlite_busy_timeout_seconds)
+            path = Path(database)
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.is_file():
+                raise DatabaseMissingError(
+                    f"no database at {path.absolute()}: run `runwarden migrate` to create it"
+                )
+            else:
+                # As a URI, which SQLAlchemy passes on as it is (a plain path it makes
+                # absolute, prefix and all).
+                parsed = parsed.set(
+                    database=f"file:{quote(str(path.absolute()))}",
+                    query={**parsed.query, "mode": "rw", "uri": "true"},
+                )
+        engine = create_engine(parsed, connect_args=connect_args)
+        _configure_sqlite(engine, settings.sqlite_busy_timeout_seconds, writes=create)
         return engine
-    connect_args: dict[str, Any] = {}
+    connect_args = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 5
         # Timestamps rendered by the database (evidence built in SQL) read as UTC.
@@ -86,14 +110,15 @@ def build_engine(url: str, settings: Settings | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """This process's engine for ``url`` (default: the configured database)."""
+def get_engine(url: str | None = None, *, create: bool = True) -> Engine:
+    """This process's engine for ``url`` (default: the configured database); ``create``
+    as in :func:`build_engine`, each kind cached on its own."""
     url = url or get_settings().resolved_database_url
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, create)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = build_engine(url)
+            engine = build_engine(url, create=create)
             _engines[key] = engine
         return engine
 
@@ -116,6 +141,25 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _autocommit_engines.clear()
+
+
+def interrupt(dbapi_connection: Any) -> None:
+    """From another thread: stop the statement ``dbapi_connection`` is running, best effort.
+
+    PostgreSQL cancels it in the server, a lock wait included. SQLite stops a running
+    statement, but not its wait for another writer's lock (``sqlite3_interrupt`` does not
+    end the busy handler's sleeps); that wait holds no lock and ends with the process.
+    """
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.interrupt()
+        return
+    cancel_safe = getattr(dbapi_connection, "cancel_safe", None)  # psycopg >= 3.2
+    # Not sent (the server went away, a timeout): the statement ends at its lock_timeout.
+    with contextlib.suppress(Exception):
+        if cancel_safe is not None:
+            cancel_safe(timeout=_CANCEL_TIMEOUT_SECONDS)
+        else:
+            dbapi_connection.cancel()
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:
@@ -165,6 +209,13 @@ def read_session(engine: Engine | None = None) -> Iterator[Session]:
         yield session
 
 
+def immediate(engine: Engine) -> Engine:
+    """``engine`` for a transaction that writes: on SQLite it begins with ``BEGIN
+    IMMEDIATE``, taking the write lock (waiting up to the busy timeout for it) before the
+    first read; elsewhere ``engine`` itself."""
+    return engine.execution_options(**{_IMMEDIATE: True}) if is_sqlite(engine) else engine
+
+
 @contextmanager
 def write_session(engine: Engine | None = None) -> Iterator[Session]:
     """One write transaction: committed on success, rolled back on any error.
@@ -173,8 +224,7 @@ def write_session(engine: Engine | None = None) -> Iterator[Session]:
     before the first read, so read-then-write transactions never fail half way.
     """
     engine = engine or get_engine()
-    bind = engine.execution_options(**{_IMMEDIATE: True}) if is_sqlite(engine) else engine
-    with Session(bind, expire_on_commit=False) as session, session.begin():
+    with Session(immediate(engine), expire_on_commit=False) as session, session.begin():
         yield session
 
 
@@ -211,6 +261,8 @@ __all__ = [
     "describe_url",
     "dispose_engines",
     "get_engine",
+    "immediate",
+    "interrupt",
     "is_sqlite",
     "read_session",
     "statement_session",

@@ -36,6 +36,22 @@ class DatabaseUnavailableError(RunwardenError):
     """The database cannot be reached."""
 
 
+class DatabaseMissingError(DatabaseUnavailableError):
+    """The database does not exist: run `runwarden migrate` to create it."""
+
+
+class DatabaseNotMigratedError(DatabaseUnavailableError):
+    """The database has not been migrated: run `runwarden migrate`."""
+
+
+class DatabaseLockedError(DatabaseUnavailableError):
+    """The database is locked by another session."""
+
+
+class MigrationCancelledError(RunwardenError):
+    """The migration was cancelled before it wrote anything."""
+
+
 class BrokerUnavailableError(RunwardenError):
     """The message broker cannot be reached."""
 

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from migrations import SCRIPT_LOCATION
-from worker.db import build_engine, unavailable
+from migrations import SCRIPT_LOCATION, VERSION_TABLE
+from worker.db import build_engine, describe_url, immediate, interrupt, unavailable
+from worker.errors import (
+    DatabaseLockedError,
+    DatabaseNotMigratedError,
+    MigrationCancelledError,
+    RunwardenError,
+)
 from worker.settings import get_settings
+
+#: How long a migration on PostgreSQL waits for each lock it needs (the version table,
+#: a table it alters) before it stops with "locked by another session": a session that
+#: holds a lock for long must not leave ``migrate`` or ``up`` waiting without a word.
+LOCK_TIMEOUT_SECONDS = 10.0
+#: PostgreSQL's SQLSTATE for an expired lock_timeout.
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 def alembic_config(url: str) -> Config:
@@ -21,23 +38,99 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
-    _run(command.upgrade, url, revision)
+    Migration(url or get_settings().resolved_database_url).upgrade(revision)
 
 
 def downgrade(url: str | None = None, revision: str = "base") -> None:
-    _run(command.downgrade, url, revision)
+    Migration(url or get_settings().resolved_database_url).downgrade(revision)
 
 
-def _run(step: Callable[[Config, str], None], url: str | None, revision: str) -> None:
-    # One transaction for the whole step: a migration that fails half way leaves nothing.
-    url = url or get_settings().resolved_database_url
-    engine = build_engine(url)
+def check_migrated(engine: Engine, url: str) -> None:
+    """The database has runwarden's tables: a command that reads it says what to do (migrate)
+    instead of failing on the first missing table."""
     try:
-        with engine.begin() as connection:
-            config = alembic_config(url)
-            config.attributes["connection"] = connection
-            step(config, revision)
+        with engine.connect() as connection:
+            tables = inspect(connection)
+            migrated = tables.has_table(VERSION_TABLE) and tables.has_table("operation_runs")
     except DBAPIError as exc:
         raise unavailable(exc, url) from exc
-    finally:
-        engine.dispose()
+    if not migrated:
+        raise DatabaseNotMigratedError(
+            f"database {describe_url(url)} has no runwarden tables: run `runwarden migrate`"
+        )
+
+
+class Migration:
+    """One alembic step in one transaction, which another thread may :meth:`cancel`
+    (``up`` runs it in a thread, so that a signal is acted on during a lock wait)."""
+
+    def __init__(self, url: str, *, lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> None:
+        if lock_timeout_seconds <= 0:
+            raise ValueError("lock_timeout_seconds must be positive")
+        self.url = url
+        self.lock_timeout_seconds = lock_timeout_seconds
+        self._guard = threading.Lock()
+        self._cancelled = False
+        self._dbapi_connection: Any = None
+
+    def upgrade(self, revision: str = "head") -> None:
+        self._run(command.upgrade, revision)
+
+    def downgrade(self, revision: str = "base") -> None:
+        self._run(command.downgrade, revision)
+
+    def cancel(self) -> None:
+        """Stop the step from another thread: before it connects, or at its statement."""
+        with self._guard:
+            self._cancelled = True
+            connection = self._dbapi_connection
+        if connection is not None:
+            interrupt(connection)
+
+    def _run(self, step: Callable[[Config, str], None], revision: str) -> None:
+        # One transaction for the whole step: a migration that fails half way leaves nothing.
+        # On SQLite it takes the write lock at BEGIN: alembic reads the version table before
+        # its first write, and a deferred transaction whose snapshot another writer committed
+        # past fails at once with "database is locked" instead of waiting its busy timeout.
+        engine = build_engine(self.url)
+        try:
+            with immediate(engine).connect() as connection:
+                with self._guard:
+                    if self._cancelled:
+                        raise MigrationCancelledError
+                    self._dbapi_connection = connection.connection.dbapi_connection
+                with connection.begin():
+                    if connection.dialect.name == "postgresql":
+                        # Local to this transaction: the lock waits of the migration only.
+                        connection.execute(
+                            text("SELECT set_config('lock_timeout', :timeout, true)"),
+                            {"timeout": f"{int(self.lock_timeout_seconds * 1000)}ms"},
+                        )
+                    config = alembic_config(self.url)
+                    config.attributes["connection"] = connection
+                    step(config, revision)
+        except DBAPIError as exc:
+            raise self._error(exc) from exc
+        finally:
+            with self._guard:
+                self._dbapi_connection = None
+            engine.dispose()
+
+    def _error(self, exc: DBAPIError) -> RunwardenError:
+        where = describe_url(self.url)
+        if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            return DatabaseLockedError(
+                f"database {where} is locked by another session: the migration waited "
+                f"{self.lock_timeout_seconds:g} s for a lock; end that session's transaction "
+                "(see pg_locks) and run it again"
+            )
+        orig = exc.orig
+        if isinstance(orig, sqlite3.OperationalError) and (
+            orig.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+        ):
+            return DatabaseLockedError(
+                f"database {where} is locked by another session: the migration waited its "
+                "busy timeout (RUNWARDEN_SQLITE_BUSY_TIMEOUT_SECONDS) for the write lock; "
+                "stop the process writing to it, or run it again"
+            )
+        return unavailable(exc, self.url)

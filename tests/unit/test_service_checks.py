@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ConfigurationError
-from worker.service.checks import check_imports
+from worker.service.checks import check_imports, describe_broker_url
 from worker.service.embedded import EmbeddedRedis
 
 
@@ -74,3 +74,21 @@ def test_embedded_redis__socket_left_by_a_killed_server_passes_the_check(tmp_pat
     left.bind(str(path))
     left.close()  # bound, never listening: what a SIGKILLed redis-server leaves behind
     EmbeddedRedis(path, data_dir=tmp_path).check()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://app:s3cret@h/1?ssl_cert_reqs=none", "rediss://app:***@h/1?ssl_cert_reqs=none"),
+        ("redis://h/0?password=s3cret&db=2", "redis://h/0?password=***&db=2"),
+        ("redis+socket:///var/run/redis.sock", "redis+socket:///var/run/redis.sock"),
+        (
+            "redis+socket://:s3cret@/run/r.sock?virtual_host=1",
+            "redis+socket://:***@/run/r.sock?virtual_host=1",
+        ),
+    ],
+)
+def test_describe_broker_url__password_and_secret_parameters_hidden(url: str, shown: str) -> None:
+    assert describe_broker_url(url) == shown

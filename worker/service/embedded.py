@@ -17,12 +17,13 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from worker.errors import BrokerUnavailableError, ConfigurationError
-from worker.service.procs import parent_death_signal
+from worker.service.procs import StartupInterrupted, parent_death_signal
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
@@ -85,7 +86,14 @@ class EmbeddedRedis:
                 "is not a socket; move it away or set RUNWARDEN_BROKER_URL"
             )
 
-    def start(self, timeout_seconds: float = 20.0) -> EmbeddedRedis:
+    def start(
+        self,
+        timeout_seconds: float = 20.0,
+        *,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> EmbeddedRedis:
+        """Start the server and wait until it answers; stopped again, and
+        :class:`StartupInterrupted` raised, when ``stop_requested()`` turns true meanwhile."""
         self.check()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.socket_path.exists():
@@ -119,6 +127,9 @@ class EmbeddedRedis:
         )
         deadline = time.monotonic() + timeout_seconds
         while not _answers(self.socket_path):
+            if stop_requested():
+                self.stop()
+                raise StartupInterrupted
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise BrokerUnavailableError(

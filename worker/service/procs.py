@@ -11,6 +11,10 @@ from collections.abc import Callable
 _PR_SET_PDEATHSIG = 1
 
 
+class StartupInterrupted(Exception):
+    """A stop was requested while ``up`` was starting; what it had started is stopped."""
+
+
 def parent_death_signal(signum: signal.Signals) -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to send ``signum`` to the child when its parent dies.
 
