@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import psycopg
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from migrations import VERSION_TABLE
 from worker.db import build_engine
-from worker.migrate import upgrade
+from worker.migrate import alembic_config, upgrade
 
 RUNWARDEN = str(Path(sys.executable).with_name("runwarden"))
-HEAD = "0002"
+# The newest revision, as alembic's script directory has it.
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def _popen(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
