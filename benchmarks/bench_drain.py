@@ -48,6 +48,7 @@ EVIDENCE_KEYS = {
     "status",
     "execution_legitimacy",
     "terminal_truth_path",
+    "policy_sha256",
 }
 CHANGE_KEYS = {
     "applied",

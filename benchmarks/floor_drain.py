@@ -10,7 +10,10 @@ benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
   creation time cost nothing more), ``FOR UPDATE SKIP LOCKED``. Not ``ORDER BY id``: on
   450,000 runs the planner then prefers walking the primary key, filtering out every run
   already completed, and a pass grows from 4 ms to 110 ms as the drain advances;
-* the legitimacy inputs (tenant and user joined) and the full evidence;
+* the staleness rule on the database's clock (``now()``), a running run judged by the
+  later of its last sign of life and its retry's due time;
+* the legitimacy inputs (tenant and user joined) and the full evidence, the policy's
+  hash included;
 * the conditional UPDATE writing ``context.reconciliation`` and one failure entry;
 * one audit row per run;
 * every change object built in the same statement and printed as one JSON document with
@@ -23,11 +26,11 @@ Usage: ``python benchmarks/floor_drain.py [--limit 500] [--source on_demand_reco
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tomllib
-from datetime import UTC, datetime
 
 import psycopg
 
@@ -41,16 +44,18 @@ candidates AS (
            CASE WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
                AS threshold_seconds,
            CASE WHEN r.status = 'queued' THEN r.created_at
-                ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at) END
+                ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                              r.retry_due_at) END
                AS reference_time,
            p.truth_path
     FROM operation_runs AS r
     JOIN policy AS p ON p.type = r.type
     WHERE r.status IN ('queued', 'running')
       AND CASE WHEN r.status = 'queued'
-               THEN r.created_at < %(now)s - make_interval(secs => p.queued_s)
-               ELSE COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
-                    < %(now)s - make_interval(secs => p.running_s) END
+               THEN r.created_at < now() - make_interval(secs => p.queued_s)
+               ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                             r.retry_due_at)
+                    < now() - make_interval(secs => p.running_s) END
     -- The partial index's own order: ORDER BY id would let the planner walk the primary
     -- key past every completed run (the cost grows with each pass of a drain).
     ORDER BY r.type, r.status, r.created_at
@@ -86,7 +91,7 @@ assessed AS (
 evidenced AS (
     SELECT a.id, a.type, a.status, a.outcome, a.reason_code, a.reason_message,
            json_build_object(
-               'evaluated_at', %(now)s::timestamptz,
+               'evaluated_at', now(),
                'freshness_state', 'likely_stale',
                'threshold_seconds', a.threshold_seconds,
                'reference_time', a.reference_time,
@@ -101,7 +106,8 @@ evidenced AS (
                        'tenant_in_workspace', a.tenant_in_workspace,
                        'user_active', a.user_active,
                        'type_covered', true)),
-               'terminal_truth_path', a.truth_path) AS evidence
+               'terminal_truth_path', a.truth_path,
+               'policy_sha256', %(policy_sha256)s::text) AS evidence
     FROM assessed AS a
 ),
 updated AS (
@@ -109,14 +115,14 @@ updated AS (
     UPDATE operation_runs AS r SET
         status = 'completed',
         outcome = 'failed',
-        completed_at = %(now)s,
-        updated_at = %(now)s,
+        completed_at = now(),
+        updated_at = now(),
         context = jsonb_set(r.context, '{reconciliation}', jsonb_build_object(
             'reason_code', e.reason_code,
             'reason_message', e.reason_message,
             'source', %(source)s::text,
             'evidence', e.evidence::jsonb,
-            'reconciled_at', %(now)s::timestamptz)),
+            'reconciled_at', now())),
         failure_summary = r.failure_summary || jsonb_build_array(jsonb_build_object(
             'reason_code', e.reason_code, 'message', e.reason_message))
     FROM evidenced AS e
@@ -133,7 +139,7 @@ audited AS (
                               'source', %(source)s::text,
                               'outcome', 'failed',
                               'evidence', e.evidence::jsonb),
-           %(now)s
+           now()
     FROM updated AS u JOIN evidenced AS e ON e.id = u.id
 )
 SELECT (SELECT count(*) FROM candidates),
@@ -151,6 +157,31 @@ SELECT (SELECT count(*) FROM candidates),
             'evidence', e.evidence) ORDER BY e.id)::text
         FROM updated AS u JOIN evidenced AS e ON e.id = u.id)
 """
+
+
+def policy_sha256(path: str) -> str:
+    """The hash runwarden's evidence carries: sha256 of the effective policy's canonical
+    JSON (defaults filled in, keys sorted, no whitespace)."""
+    with open(path, "rb") as policy_file:
+        document = tomllib.load(policy_file)
+    reconciliation = document.get("reconciliation", {})
+    effective = {
+        "reconciliation": {
+            "batch_limit": reconciliation.get("batch_limit", 100),
+            "interval_seconds": reconciliation.get("interval_seconds", 60),
+        },
+        "types": {
+            name: {
+                "queued_stale_after_seconds": entry["queued_stale_after_seconds"],
+                "running_stale_after_seconds": entry["running_stale_after_seconds"],
+                "scheduled_reconciliation": entry.get("scheduled_reconciliation", True),
+                "direct_failed_bridge": entry.get("direct_failed_bridge", True),
+            }
+            for name, entry in document.get("types", {}).items()
+        },
+    }
+    canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def policy_rows(path: str) -> list[dict[str, object]]:
@@ -179,6 +210,7 @@ def main() -> int:
     args = parser.parse_args()
     url = os.environ["RUNWARDEN_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
     policy = json.dumps(policy_rows(os.environ["RUNWARDEN_POLICY_FILE"]))
+    sha256 = policy_sha256(os.environ["RUNWARDEN_POLICY_FILE"])
 
     candidates = reconciled = passes = 0
     out = sys.stdout
@@ -190,7 +222,7 @@ def main() -> int:
             # One statement, one transaction per pass.
             params = {
                 "policy": policy,
-                "now": datetime.now(UTC),
+                "policy_sha256": sha256,
                 "limit": min(max(args.limit, 1), 500),
                 "source": args.source,
             }

@@ -96,8 +96,7 @@ def migrate() -> None:
 def _database(*, create: bool) -> Engine:
     """The configured database, checked to have runwarden's tables. ``create=False`` for
     the commands that only read: a missing SQLite file is an error, not made on the way."""
-    from worker.db import get_engine
-    from worker.migrate import check_migrated
+    from worker.db import check_migrated, get_engine
 
     url = get_settings().resolved_database_url
     engine = get_engine(url, create=create)

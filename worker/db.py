@@ -24,13 +24,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from migrations import VERSION_TABLE
 from models.types import sqlite_timestamp
-from worker.errors import DatabaseMissingError, DatabaseUnavailableError
+from worker.errors import (
+    DatabaseMissingError,
+    DatabaseNotMigratedError,
+    DatabaseUnavailableError,
+)
 from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, get_settings
 
@@ -258,6 +263,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "OperationalError",
     "build_engine",
+    "check_migrated",
     "describe_url",
     "dispose_engines",
     "get_engine",
@@ -269,3 +275,20 @@ __all__ = [
     "unavailable",
     "write_session",
 ]
+
+
+def check_migrated(engine: Engine, url: str) -> None:
+    """The database has runwarden's tables: a command that reads it says what to do (migrate)
+    instead of failing on the first missing table. Here, not in :mod:`worker.migrate`:
+    every CLI command pays for this module's imports, and alembic's cost a fifth of a
+    second."""
+    try:
+        with engine.connect() as connection:
+            tables = inspect(connection)
+            migrated = tables.has_table(VERSION_TABLE) and tables.has_table("operation_runs")
+    except DBAPIError as exc:
+        raise unavailable(exc, url) from exc
+    if not migrated:
+        raise DatabaseNotMigratedError(
+            f"database {describe_url(url)} has no runwarden tables: run `runwarden migrate`"
+        )

@@ -9,14 +9,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from migrations import SCRIPT_LOCATION, VERSION_TABLE
+from migrations import SCRIPT_LOCATION
 from worker.db import build_engine, describe_url, immediate, interrupt, unavailable
 from worker.errors import (
     DatabaseLockedError,
-    DatabaseNotMigratedError,
     MigrationCancelledError,
     RunwardenError,
 )
@@ -43,21 +42,6 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
 
 def downgrade(url: str | None = None, revision: str = "base") -> None:
     Migration(url or get_settings().resolved_database_url).downgrade(revision)
-
-
-def check_migrated(engine: Engine, url: str) -> None:
-    """The database has runwarden's tables: a command that reads it says what to do (migrate)
-    instead of failing on the first missing table."""
-    try:
-        with engine.connect() as connection:
-            tables = inspect(connection)
-            migrated = tables.has_table(VERSION_TABLE) and tables.has_table("operation_runs")
-    except DBAPIError as exc:
-        raise unavailable(exc, url) from exc
-    if not migrated:
-        raise DatabaseNotMigratedError(
-            f"database {describe_url(url)} has no runwarden tables: run `runwarden migrate`"
-        )
 
 
 class Migration:
