@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Integer
 from sqlalchemy.dialects.postgresql import JSONB
@@ -11,6 +11,16 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 # BIGINT on PostgreSQL; INTEGER on SQLite, where only "INTEGER PRIMARY KEY" autoincrements.
 BigId: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
+
+#: The largest id those columns hold (signed 64 bits; SQLite's INTEGER is too).
+MAX_ID = 2**63 - 1
+
+
+def is_id(value: object) -> TypeGuard[int]:
+    """Whether ``value`` can name a row: a positive integer the id columns hold. bool is a
+    subclass of int in Python, and ``True`` is not row 1; ``2.7`` is not row 2."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
+
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 JsonDoc: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy.exc import DBAPIError
 
+from models.types import MAX_ID
 from worker.errors import RunwardenError
 from worker.settings import get_settings
 
@@ -18,9 +19,8 @@ if TYPE_CHECKING:
     from worker.lifecycle.reconciler import OperationLifecycleReconciler, ReconcileOptions
 
 
-#: The largest id SQLite's INTEGER and PostgreSQL's bigint hold: a larger one is refused at
-#: the option, not passed on to overflow in the driver (a traceback, or exit 1 on PostgreSQL).
-MAX_ID = 2**63 - 1
+#: An id the id columns hold: a larger one is refused at the option, not passed on to
+#: overflow in the driver (a traceback, or exit 1 on PostgreSQL).
 ID = click.IntRange(1, MAX_ID)
 #: ``runs`` lists at most this many runs: the listing is built in memory.
 MAX_RUNS_LIMIT = 10_000

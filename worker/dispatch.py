@@ -28,6 +28,7 @@ from models import (
     User,
     Workspace,
 )
+from models.types import MAX_ID, is_id
 from worker.db import get_engine, read_session, write_session
 from worker.errors import (
     BrokerUnavailableError,
@@ -47,8 +48,6 @@ DISPATCH_SOURCE = "dispatch"
 OPERATION_TASK_PREFIX = "operations."
 #: Input names an operation body cannot take: it is called as ``body(run, **inputs)``.
 RESERVED_INPUT_NAMES = frozenset({"run"})
-#: The largest id the id columns (SQLite INTEGER, PostgreSQL bigint) hold.
-_MAX_ID = 2**63 - 1
 
 
 def operation_task_name(type_name: str) -> str:
@@ -255,10 +254,9 @@ def start_operation(  # noqa: PLR0917 - the contract takes these positionally
 
 
 def _check_id(key: str, value: object) -> None:
-    # bool is a subclass of int in Python: True must not pass as workspace 1.
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ID:
+    if not is_id(value):
         raise InvalidInputError(
-            f"start_operation: {key} must be an integer between 1 and {_MAX_ID} (got {value!r})"
+            f"start_operation: {key} must be an integer between 1 and {MAX_ID} (got {value!r})"
         )
 
 

@@ -120,7 +120,10 @@ def _check_database_url(value: str) -> None:
     except ArgumentError:
         # Not echoed: a URL that does not parse may still hold a password.
         raise ValueError(f"not a database URL (expected {expected})") from None
-    shown = url.render_as_string(hide_password=True)
+    from worker.db import describe_url  # here: worker.db imports this module
+
+    # Secret query parameters hidden too: libpq reads ?password= as readily.
+    shown = describe_url(value)
     if url.get_backend_name() not in DATABASE_BACKENDS:
         raise ValueError(
             f"{shown}: runwarden runs on {' or '.join(DATABASE_BACKENDS)}, "

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from worker.db import describe_url
 from worker.errors import ConfigurationError
-from worker.service.checks import check_imports, describe_broker_url
+from worker.service.checks import check_imports
 from worker.service.embedded import EmbeddedRedis
 
 
@@ -82,7 +83,7 @@ def test_embedded_redis__socket_left_by_a_killed_server_passes_the_check(tmp_pat
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
         ("rediss://app:s3cret@h/1?ssl_cert_reqs=none", "rediss://app:***@h/1?ssl_cert_reqs=none"),
-        ("redis://h/0?password=s3cret&db=2", "redis://h/0?password=***&db=2"),
+        ("redis://h/0?password=s3cret&db=2", "redis://h/0?db=2&password=***"),
         ("redis+socket:///var/run/redis.sock", "redis+socket:///var/run/redis.sock"),
         (
             "redis+socket://:s3cret@/run/r.sock?virtual_host=1",
@@ -90,5 +91,8 @@ def test_embedded_redis__socket_left_by_a_killed_server_passes_the_check(tmp_pat
         ),
     ],
 )
-def test_describe_broker_url__password_and_secret_parameters_hidden(url: str, shown: str) -> None:
-    assert describe_broker_url(url) == shown
+def test_describe_url__broker_url_password_and_secret_parameters_hidden(
+    url: str, shown: str
+) -> None:
+    # One describer for database and broker URLs alike.
+    assert describe_url(url) == shown

@@ -44,6 +44,7 @@ def test_settings__bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch)
         "postgresql+nosuch://app:s3cret@h/db",
         "postgresql+psycopg2://app:s3cret@h/db",  # a driver that is not installed
         "mysql+pymysql://app:s3cret@h/db",
+        "nosuch://app@h/db?password=s3cret",  # libpq-style: the password as a parameter
     ],
 )
 def test_settings__unsupported_database_url_names_the_variable_not_the_password(

@@ -20,6 +20,7 @@ from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from models import OperationRun, RunStatus, Tenant, User
+from models.types import is_id
 from worker.lifecycle.evidence import dumps
 from worker.lifecycle.freshness import RUN_SNAPSHOT_COLUMNS, RunSnapshot
 from worker.lifecycle.gate import (
@@ -191,16 +192,10 @@ def start_execution(
     return ExecutionStart(StartDecision.STARTED, run=snapshot, legitimacy=verdict)
 
 
-#: Run ids are bigints: anything outside this range cannot name a run.
-MAX_RUN_ID = 2**63 - 1
-
-
 def parse_run_id(value: object) -> int | None:
-    """The run id a message names, or None when it names none: only a positive integer
-    is one (``2.7`` is not run 2, ``"2"`` and ``True`` are not run ids)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_RUN_ID:
-        return value
-    return None
+    """The run id a message names, or None when it names none (:func:`models.types.is_id`:
+    ``2.7`` is not run 2, ``"2"`` and ``True`` are not run ids)."""
+    return value if is_id(value) else None
 
 
 # -- the non-terminal moves ---------------------------------------------------------------

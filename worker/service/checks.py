@@ -9,14 +9,14 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec, PathFinder
-from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from worker.db import describe_url
 from worker.errors import BrokerUnavailableError, ConfigurationError
-from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
+from worker.lifecycle.evidence import scrub
 from worker.locks import redis_client
 
 
@@ -67,24 +67,8 @@ def check_broker(url: str) -> None:
         lines = scrub(str(exc)).strip().splitlines()
         detail = f": {lines[0]}" if lines else ""
         raise BrokerUnavailableError(
-            f"cannot reach the broker {describe_broker_url(url)}{detail} "
+            f"cannot reach the broker {describe_url(url)}{detail} "
             "(RUNWARDEN_BROKER_URL; unset it to use the embedded Redis)"
         ) from exc
     finally:
         client.close()
-
-
-def describe_broker_url(url: str) -> str:
-    """A broker URL for messages: its password and secret-looking query values as ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, host = netloc.rpartition("@")
-    if at and parts.password is not None:
-        netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}"
-    query = "&".join(
-        f"{quote_plus(name)}={REDACTED if is_secret_name(name) else quote_plus(value)}"
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    # Not urlunsplit: it drops the "//" of an empty netloc (redis+socket:///path).
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
-    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
