@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +11,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from models import AuditLog, OperationRun
+from tests.acceptance.cli import one_line_error as _one_line_error
+from tests.acceptance.cli import run_cli as _run
 from tests.factories import make_run, seed_tenancy
 from tests.servers import free_port
 from worker.db import build_engine, read_session
 from worker.lifecycle.policy import load_policy, parse_policy
 
-RUNWARDEN = str(Path(sys.executable).with_name("runwarden"))
 POLICY = """
 [reconciliation]
 batch_limit = 50
@@ -33,27 +31,6 @@ queued_stale_after_seconds = 600
 running_stale_after_seconds = 3600
 direct_failed_bridge = false
 """
-
-
-def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RUNWARDEN_")}
-    return subprocess.run(
-        [RUNWARDEN, *args],
-        capture_output=True,
-        text=True,
-        env={**clean, **env},
-        timeout=60,
-        check=False,
-    )
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -1,29 +1,13 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import inspect
 
 from migrations import VERSION_TABLE
+from tests.acceptance.cli import run_cli as _run
 from tests.servers import free_port
 from worker.db import build_engine
-
-RUNWARDEN = str(Path(sys.executable).with_name("runwarden"))
-
-
-def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RUNWARDEN_")}
-    return subprocess.run(
-        [RUNWARDEN, *args],
-        capture_output=True,
-        text=True,
-        env={**clean, **env},
-        timeout=60,
-        check=False,
-    )
 
 
 def test_migrate__creates_schema_on_the_embedded_default(tmp_path: Path) -> None:

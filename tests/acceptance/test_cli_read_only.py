@@ -7,45 +7,19 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.acceptance.cli import one_line_error as _one_line_error
+from tests.acceptance.cli import run_cli as _run
+from tests.acceptance.cli import tree as _tree
 from tests.servers import PostgresServer
 
-RUNWARDEN = str(Path(sys.executable).with_name("runwarden"))
 READ_ONLY = [("runs",), ("explain", "1"), ("reconcile", "--dry-run")]
 _names = itertools.count()
-
-
-def _run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RUNWARDEN_")}
-    return subprocess.run(
-        [RUNWARDEN, *args],
-        capture_output=True,
-        text=True,
-        env={**clean, **env},
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("runwarden: error: ")
-    return lines[0]
-
-
-def _tree(root: Path) -> set[Path]:
-    return {p.relative_to(root) for p in root.rglob("*")}
 
 
 @pytest.mark.parametrize("command", READ_ONLY, ids=lambda c: c[0])
@@ -55,7 +29,7 @@ def test_read_only_command__missing_sqlite_file__one_line_to_migrate_and_creates
     path = tmp_path / "x" / "nonexistent" / "dir" / "runwarden.db"
     env = {"RUNWARDEN_DATABASE_URL": f"sqlite:///{path}", "RUNWARDEN_VAR_DIR": str(tmp_path)}
 
-    line = _one_line_error(_run(*command, env=env, cwd=tmp_path))
+    line = _one_line_error(_run(*command, env=env, cwd=tmp_path), 1)
 
     assert str(path) in line
     assert "runwarden migrate" in line
@@ -68,7 +42,7 @@ def test_read_only_command__missing_default_database__one_line_to_migrate(
 ) -> None:
     env = {"RUNWARDEN_VAR_DIR": str(tmp_path / "var")}
 
-    line = _one_line_error(_run(*command, env=env, cwd=tmp_path))
+    line = _one_line_error(_run(*command, env=env, cwd=tmp_path), 1)
 
     assert str(tmp_path / "var" / "runwarden.db") in line
     assert _tree(tmp_path) == set()
@@ -87,7 +61,7 @@ def test_read_only_command__sqlite_database_never_migrated__one_line_and_left_as
     before = path.read_bytes()
     env = {"RUNWARDEN_DATABASE_URL": f"sqlite:///{path}", "RUNWARDEN_VAR_DIR": str(tmp_path)}
 
-    line = _one_line_error(_run(*command, env=env, cwd=tmp_path))
+    line = _one_line_error(_run(*command, env=env, cwd=tmp_path), 1)
 
     assert str(path) in line
     assert "runwarden migrate" in line
@@ -112,7 +86,7 @@ def test_read_only_command__postgres_database_never_migrated__one_line_to_migrat
 ) -> None:
     env = {"RUNWARDEN_DATABASE_URL": unmigrated_pg_url, "RUNWARDEN_VAR_DIR": str(tmp_path)}
 
-    line = _one_line_error(_run(*command, env=env, cwd=tmp_path))
+    line = _one_line_error(_run(*command, env=env, cwd=tmp_path), 1)
 
     assert unmigrated_pg_url in line
     assert "runwarden migrate" in line
