@@ -12,6 +12,7 @@ from models.enums import (
 from models.operation_run import OperationRun
 from models.tenancy import Tenant, User, Workspace
 from models.types import UtcDateTime, utcnow
+from models.worker import RunwardenWorker
 
 __all__ = [
     "NON_TERMINAL_SQL",
@@ -22,6 +23,7 @@ __all__ = [
     "OperationRun",
     "RunOutcome",
     "RunStatus",
+    "RunwardenWorker",
     "Tenant",
     "User",
     "UtcDateTime",

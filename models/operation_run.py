@@ -47,6 +47,10 @@ class OperationRun(Base):
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     #: a retry was asked for with a countdown: the run is alive until it is due
     retry_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: the worker whose delivery started the current attempt (set by the start statement)
+    worker_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runwarden_workers.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status"),

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from models import OperationRun, Tenant, User, Workspace, utcnow
+from models import OperationRun, RunwardenWorker, Tenant, User, Workspace, utcnow
 from worker.db import write_session
 
 
@@ -35,6 +35,36 @@ def seed_tenancy(
             "tenant_id": tenant_rows[0].id if tenant_rows else None,
             "user_id": user.id,
         }
+
+
+def make_worker(
+    engine: Engine,
+    *,
+    now: datetime | None = None,
+    heartbeat_age_seconds: float = 0,
+    stopped_age_seconds: float | None = None,
+    nodename: str = "celery@test",
+    pid: int = 4242,
+) -> int:
+    """A registered worker whose last heartbeat was ``heartbeat_age_seconds`` before ``now``
+    (and stopped that long ago, if given)."""
+    now = now or utcnow()
+    with write_session(engine) as session:
+        worker = RunwardenWorker(
+            nodename=nodename,
+            hostname="test-host",
+            pid=pid,
+            started_at=now - timedelta(seconds=max(heartbeat_age_seconds, 1) + 3600),
+            last_heartbeat_at=now - timedelta(seconds=heartbeat_age_seconds),
+            stopped_at=(
+                now - timedelta(seconds=stopped_age_seconds)
+                if stopped_age_seconds is not None
+                else None
+            ),
+        )
+        session.add(worker)
+        session.flush()
+        return worker.id
 
 
 def make_run(

@@ -46,8 +46,8 @@ class TickLimits:
     budget_seconds: float
     soft_time_limit_seconds: int
     hard_time_limit_seconds: int
-    #: the tick's lock outlives the hard limit: a tick killed at its hard limit can never
-    #: leave a lock that expires while it still runs, only one that expires after it.
+    #: the tick's lock lives one interval and its holder extends it after each pass: a
+    #: holder killed mid-tick delays the next tick by one interval at most.
     lock_ttl_seconds: int
 
 
@@ -60,7 +60,7 @@ def tick_limits(interval_seconds: int) -> TickLimits:
         budget_seconds=budget,
         soft_time_limit_seconds=soft,
         hard_time_limit_seconds=hard,
-        lock_ttl_seconds=hard + 30,
+        lock_ttl_seconds=interval_seconds,
     )
 
 
@@ -133,5 +133,8 @@ signals.after_setup_task_logger.connect(_setup_logger, weak=False)
 
 # Connect the failed-job bridge now, in whichever process imported the app.
 from worker import bridge as _bridge  # noqa: E402
+from worker.liveness import LivenessStep  # noqa: E402
 
 _bridge.connect()
+# A worker's main process registers and heartbeats in runwarden_workers.
+app.steps["worker"].add(LivenessStep)

@@ -2,8 +2,11 @@
 
 ``SET key token NX PX ttl`` takes it; a Lua compare-and-delete releases it, so a tick
 whose lock already expired (and was taken by the next tick) cannot delete the lock of the
-tick now running. The TTL is longer than the tick's hard time limit: a tick killed by
-its limit leaves a lock that expires on its own.
+tick now running. The TTL is short -- one beat interval -- and the holder extends it
+(compare-and-expire) after each pass, so a holder that died mid-tick (its worker killed)
+delays the next tick by one interval at most. The lock only spares work: two ticks that
+do overlap (a pass slower than the TTL) are still safe, each pass locks its rows with
+SKIP LOCKED and every write is a compare-and-set.
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from worker.errors import ConfigurationError
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -61,6 +71,13 @@ class RedisLock:
             self.token = token
             return True
         return False
+
+    def extend(self) -> bool:
+        """Renew the TTL if this holder still owns the lock; False if it expired (and may
+        be another tick's now)."""
+        if self.token is None:
+            return False
+        return bool(self._client.eval(_EXTEND, 1, self.key, self.token, self.ttl_ms))
 
     def release(self) -> bool:
         """Delete the lock if this holder still owns it; False if it expired meanwhile."""

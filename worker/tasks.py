@@ -44,6 +44,7 @@ from worker.lifecycle.reconciler import (
 )
 from worker.lifecycle.task_events import TaskFacts
 from worker.lifecycle.transitions import TASK_OUTCOMES
+from worker.liveness import current_worker_id
 from worker.locks import RECONCILE_LOCK_KEY, RedisLock, redis_client
 from worker.settings import current_policy, get_settings
 
@@ -171,6 +172,7 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
                         celery_task_id=str(task_id),
                         retries=int(self.request.retries or 0),
                         evidence=_facts(self).to_dict(),
+                        worker_id=current_worker_id(),
                     )
                 break
             except TRANSIENT_DATABASE_ERRORS as exc:
@@ -319,6 +321,8 @@ def reconcile_scheduled() -> dict[str, Any]:
             get_engine(),
             ReconcileOptions(source=SCHEDULED_SOURCE),
             budget_seconds=limits.budget_seconds,
+            # Still this tick's? A tick whose lock expired stops: the next one took over.
+            between_passes=lock.extend,
         )
     finally:
         lock.release()

@@ -366,6 +366,7 @@ def test_reconcile__result_has_exactly_the_contract_shape(
         "execution_legitimacy",
         "terminal_truth_path",
         "policy_sha256",
+        "worker",
     }
     assert set(change["evidence"]["execution_legitimacy"]) == {"allowed", "reason_code", "checks"}
 

@@ -8,17 +8,17 @@ evidence in Python). Same runs, same clock: the changes must be the same, check 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
 from models import AuditLog, OperationRun, Tenant, Workspace, utcnow
-from tests.factories import seed_gate_combinations
+from tests.factories import make_run, make_worker, seed_gate_combinations, seed_tenancy
 from worker.db import build_engine, read_session, write_session
 from worker.lifecycle.evidence import iso
-from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
+from worker.lifecycle.policy import LifecyclePolicy, TypePolicy, WorkerPolicy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler
 from worker.lifecycle.reconciler.assessment import change_of
 
@@ -194,3 +194,105 @@ def test_pass__timestamps_are_written_exactly_as_python_writes_them(pg_url: str)
         "2026-11-26T10:00:00.000000+00:00"
     )
     engine.dispose()
+
+
+WORKERS_POLICY = LifecyclePolicy(
+    batch_limit=500,
+    types=(
+        *POLICY.types,
+        TypePolicy(
+            "manual.only",
+            queued_stale_after_seconds=60,
+            running_stale_after_seconds=120,
+            scheduled_reconciliation=False,
+        ),
+    ),
+    workers=WorkerPolicy(heartbeat_interval_seconds=10, lost_after_seconds=60),
+)
+
+
+def test_pass__worker_liveness_matches_the_python_reference(engine: Engine) -> None:
+    """run.worker_lost where the worker that started a running run is lost or stopped,
+    the window elsewhere -- the same runs, reasons and evidence from the named SQL as from
+    the Python reference, on both backends."""
+    now = utcnow()
+    tenancy = seed_tenancy(engine)
+    ws = tenancy["workspace_id"]
+    alive = make_worker(engine, now=now, heartbeat_age_seconds=5, nodename="celery@alive")
+    edge = make_worker(engine, now=now, heartbeat_age_seconds=59, nodename="celery@edge")
+    lost = make_worker(engine, now=now, heartbeat_age_seconds=61, nodename="celery@lost")
+    stopped = make_worker(
+        engine, now=now, heartbeat_age_seconds=1, stopped_age_seconds=1, nodename="celery@stop"
+    )
+
+    def running(worker_id: int | None, *, age: float = 10, **fields: Any) -> int:
+        return make_run(
+            engine,
+            workspace_id=ws,
+            status="running",
+            age_seconds=age,
+            started_age_seconds=age,
+            worker_id=worker_id,
+            now=now,
+            **fields,
+        )
+
+    expected_reasons = {
+        running(alive): None,
+        running(edge): None,
+        running(lost): "run.worker_lost",
+        running(stopped): "run.worker_lost",
+        running(None): None,
+        # Past its window on a live worker: a hung body, judged by the window.
+        running(alive, age=600): "run.stale_running",
+        # Past its window and its worker is gone: the worker's loss is what happened.
+        running(lost, age=600): "run.worker_lost",
+        running(None, age=600): "run.stale_running",
+        # Waiting for a retry that may start on any worker: its due time decides.
+        running(lost, retry_due_at=now + timedelta(seconds=30)): None,
+        running(lost, age=900, retry_due_at=now - timedelta(seconds=600)): "run.stale_running",
+        # A type the reconciler never fails, whatever its worker.
+        running(lost, type="manual.only"): None,
+        running(stopped, type="report.export"): "run.worker_lost",
+    }
+    reconciler = OperationLifecycleReconciler(WORKERS_POLICY, now=lambda: now)
+    expected = _reference(engine, reconciler)
+    assert {run_id: c["reason_code"] for run_id, c in expected.items()} == {
+        run_id: reason for run_id, reason in expected_reasons.items() if reason is not None
+    }
+
+    dry = reconciler.reconcile(engine, {"dry_run": True})
+    applied = reconciler.reconcile(engine)
+    sql = {c.operation_run_id: c.to_dict() for c in applied.changes}
+    preview = {c.operation_run_id: c.to_dict() for c in dry.changes}
+    assert set(sql) == set(preview) == set(expected)
+    for run_id, change in sql.items():
+        assert _normalise(change) == _normalise(expected[run_id]), run_id
+        assert _normalise(preview[run_id]) == _normalise({**expected[run_id], "applied": False})
+
+    lost_change = next(
+        c
+        for c in sql.values()
+        if c["evidence"].get("worker", {})
+        and (c["evidence"]["worker"]["nodename"] == "celery@lost")
+    )
+    evidence = lost_change["evidence"]
+    assert evidence["threshold_seconds"] == 60
+    assert set(evidence["worker"]) == {
+        "id",
+        "nodename",
+        "hostname",
+        "pid",
+        "last_heartbeat_at",
+        "stopped_at",
+    }
+    assert _normalise(evidence["reference_time"]) == _normalise(
+        evidence["worker"]["last_heartbeat_at"]
+    )
+    stopped_change = next(
+        c for c in sql.values() if (c["evidence"].get("worker") or {}).get("id") == stopped
+    )
+    assert stopped_change["evidence"]["worker"]["stopped_at"] is not None
+    with read_session(engine) as session:
+        audits = session.scalars(select(AuditLog)).all()
+    assert sorted(int(a.resource_id) for a in audits) == sorted(sql)

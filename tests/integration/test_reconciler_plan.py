@@ -19,8 +19,8 @@ from models import utcnow
 from tests.factories import seed_tenancy
 from worker.db import build_engine
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
-from worker.lifecycle.reasons import ReasonCode
-from worker.lifecycle.reconciler.passes import policy_rows
+from worker.lifecycle.reconciler.options import ReconcileOptions
+from worker.lifecycle.reconciler.passes import PassPlan, pass_parameters
 from worker.lifecycle.sql import query
 
 pytestmark = pytest.mark.postgres
@@ -61,21 +61,12 @@ def tied_backlog(pg_url: str) -> Iterator[Engine]:
 
 def test_pass_plan__tied_creation_times_need_no_sort(tied_backlog: Engine) -> None:
     now = utcnow()
-    params = {
-        "policy": policy_rows(POLICY, ("inventory.sync",)),
-        "now": now,
-        "limit": 50,
-        "source": "test",
-        "dry_run": True,
-        "tenant_ids": None,
-        "workspace_ids": None,
-        "stale_queued": ReasonCode.STALE_QUEUED.value,
-        "stale_queued_message": ReasonCode.STALE_QUEUED.default_message,
-        "stale_running": ReasonCode.STALE_RUNNING.value,
-        "stale_running_message": ReasonCode.STALE_RUNNING.default_message,
-        "audit_action": "operation_run.force_failed",
-        "policy_sha256": POLICY.sha256,
-    }
+    plan = PassPlan(
+        options=ReconcileOptions(dry_run=True, source="test"),
+        types=("inventory.sync",),
+        limit=50,
+    )
+    params = pass_parameters(POLICY, plan, now)
     explain = text("EXPLAIN (FORMAT JSON) " + query("postgresql", "reconcile_pass").sql)
     with tied_backlog.connect() as conn:
         conn.execute(text("SET enable_sort = off"))

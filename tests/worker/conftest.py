@@ -131,6 +131,12 @@ class LiveWorker:
     env: dict[str, str] = field(default_factory=dict)
     #: more environment for the worker (a module's own fault set-up)
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: tells two workers of one test apart (their node names)
+    name: str = "main"
+    #: run beat inside this worker (-B)
+    beat: bool = False
+    #: a command the worker runs under (e.g. faketime)
+    wrapper: list[str] = field(default_factory=list)
 
     # -- observing ---------------------------------------------------------------------
 
@@ -209,6 +215,7 @@ class LiveWorker:
             **self.extra_env,
         }
         argv = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "celery",
@@ -222,7 +229,8 @@ class LiveWorker:
             "-I",
             "tests.worker.operations",
             "-n",
-            f"rwtest-{self.backend}-{os.getpid()}@%h",
+            f"rwtest-{self.backend}-{self.name}-{os.getpid()}@%h",
+            *(["-B", "-s", str(self.log_file.with_suffix(".schedule"))] if self.beat else []),
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
@@ -245,6 +253,14 @@ class LiveWorker:
                 self.stop()
                 pytest.fail(f"the test worker did not start:\n{self.log()[-4000:]}")
             time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: its main process and every pool child at once."""
+        process = self.process
+        assert process is not None and process.poll() is None
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        self.process = None
 
     def stop(self) -> None:
         process = self.process

@@ -118,6 +118,7 @@ def start_execution(
     retries: int,
     now: datetime | None = None,
     evidence: Mapping[str, Any] | None = None,
+    worker_id: int | None = None,
 ) -> ExecutionStart:
     """Decide whether the delivery ``celery_task_id`` with ``retries`` runs the body.
 
@@ -125,10 +126,18 @@ def start_execution(
     so this may run in :func:`worker.db.statement_session` (autocommit on PostgreSQL): a
     run that changed between the read and the write simply loses the CAS. A delivery that
     does not own the run (another task id, an attempt already started) writes nothing.
+    ``worker_id`` is the registered worker this process belongs to (None: none), recorded
+    by the same statement that starts the run.
     """
     # The usual case in one statement: legitimate, and this delivery's attempt to start.
     started = start_run(
-        session, run_id, gate=gate, celery_task_id=celery_task_id, retries=retries, now=now
+        session,
+        run_id,
+        gate=gate,
+        celery_task_id=celery_task_id,
+        retries=retries,
+        now=now,
+        worker_id=worker_id,
     )
     if started is not None:
         return ExecutionStart(
@@ -184,7 +193,13 @@ def start_execution(
     # Legitimate after all (a tenant reactivated between the two statements), or another
     # delivery started this attempt meanwhile: the same CAS tells which.
     started = start_run(
-        session, run_id, gate=gate, celery_task_id=celery_task_id, retries=retries, now=now
+        session,
+        run_id,
+        gate=gate,
+        celery_task_id=celery_task_id,
+        retries=retries,
+        now=now,
+        worker_id=worker_id,
     )
     if started is None:
         return ExecutionStart(StartDecision.DUPLICATE, legitimacy=verdict, details=details)
@@ -209,6 +224,7 @@ def start_run(
     celery_task_id: str,
     retries: int,
     now: datetime | None = None,
+    worker_id: int | None = None,
 ) -> Row[Any] | None:
     """Start attempt ``retries + 1`` of ``run_id`` for the delivery ``celery_task_id``
     where the gate allows it (``start_run``). Returns the started run's id, type,
@@ -221,6 +237,7 @@ def start_run(
         "celery_task_id": celery_task_id,
         "retries": retries,
         "now": now,
+        "worker_id": worker_id,
         "covered_types": gate.covered_types_json,
     }
     return session.execute(statement(dialect_of(session), "start_run"), params).one_or_none()

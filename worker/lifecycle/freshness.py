@@ -39,6 +39,8 @@ class RunLike(Protocol):
     def last_heartbeat_at(self) -> datetime | None: ...
     @property
     def retry_due_at(self) -> datetime | None: ...
+    @property
+    def worker_id(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class RunSnapshot:
     started_at: datetime | None
     last_heartbeat_at: datetime | None
     retry_due_at: datetime | None = None
+    worker_id: int | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
 
 

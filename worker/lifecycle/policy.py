@@ -33,9 +33,18 @@ MAX_THRESHOLD_SECONDS = 315_360_000
 #: The longest reconcile interval, one day: the scheduled pass is the safety net of every
 #: covered type, and an interval of years would be a typo that silently disables it.
 MAX_INTERVAL_SECONDS = 86_400
+DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 10
+DEFAULT_LOST_AFTER_SECONDS = 60
+#: A worker is lost after this many missed heartbeats at least: one late beat (a slow
+#: database, a busy machine) must never fail a healthy worker's runs.
+MIN_BEATS_BEFORE_LOST = 3
+#: The longest heartbeat period and loss threshold, one hour and one day.
+MAX_HEARTBEAT_INTERVAL_SECONDS = 3_600
+MAX_LOST_AFTER_SECONDS = 86_400
 
-_SECTIONS = frozenset({"reconciliation", "types"})
+_SECTIONS = frozenset({"reconciliation", "workers", "types"})
 _RECONCILIATION_KEYS = frozenset({"batch_limit", "interval_seconds"})
+_WORKERS_KEYS = frozenset({"heartbeat_interval_seconds", "lost_after_seconds"})
 _REQUIRED_TYPE_KEYS = ("queued_stale_after_seconds", "running_stale_after_seconds")
 _OPTIONAL_TYPE_KEYS = ("scheduled_reconciliation", "direct_failed_bridge")
 
@@ -51,11 +60,27 @@ class TypePolicy:
     direct_failed_bridge: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerPolicy:
+    """How often a worker's main process heartbeats, and when its silence means it is gone."""
+
+    heartbeat_interval_seconds: int = DEFAULT_HEARTBEAT_INTERVAL_SECONDS
+    lost_after_seconds: int = DEFAULT_LOST_AFTER_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.lost_after_seconds < MIN_BEATS_BEFORE_LOST * self.heartbeat_interval_seconds:
+            raise ValueError(
+                f"lost_after_seconds must be at least {MIN_BEATS_BEFORE_LOST} x "
+                "heartbeat_interval_seconds"
+            )
+
+
 @dataclass(frozen=True)
 class LifecyclePolicy:
     interval_seconds: int = DEFAULT_INTERVAL_SECONDS
     batch_limit: int = DEFAULT_BATCH_LIMIT
     types: tuple[TypePolicy, ...] = ()
+    workers: WorkerPolicy = WorkerPolicy()
     #: Where the policy came from, for messages (``None``: built in code).
     source: str | None = None
     _by_name: dict[str, TypePolicy] = field(init=False, repr=False, compare=False, hash=False)
@@ -70,6 +95,10 @@ class LifecyclePolicy:
             "reconciliation": {
                 "batch_limit": self.batch_limit,
                 "interval_seconds": self.interval_seconds,
+            },
+            "workers": {
+                "heartbeat_interval_seconds": self.workers.heartbeat_interval_seconds,
+                "lost_after_seconds": self.workers.lost_after_seconds,
             },
             "types": {
                 t.name: {
@@ -178,7 +207,7 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
 
     for key in document:
         if key not in _SECTIONS:
-            raise fail(_quote(key), "unknown key (expected 'reconciliation' or 'types')")
+            raise fail(_quote(key), "unknown key (expected 'reconciliation', 'workers' or 'types')")
 
     reconciliation = _table(document, "reconciliation", "reconciliation", fail)
     for key in reconciliation:
@@ -200,6 +229,8 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
         DEFAULT_INTERVAL_SECONDS,
         maximum=MAX_INTERVAL_SECONDS,
     )
+
+    workers = _workers(_table(document, "workers", "workers", fail), fail)
 
     types_table = _table(document, "types", "types", fail)
     type_policies: list[TypePolicy] = []
@@ -233,8 +264,40 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
         interval_seconds=interval_seconds,
         batch_limit=batch_limit,
         types=tuple(type_policies),
+        workers=workers,
         source=source,
     )
+
+
+def _workers(table: dict[str, Any], fail: _Fail) -> WorkerPolicy:
+    for key in table:
+        if key not in _WORKERS_KEYS:
+            raise fail(f"workers.{_quote(key)}", "unknown key")
+    interval = _positive_int(
+        table,
+        "heartbeat_interval_seconds",
+        "workers.heartbeat_interval_seconds",
+        fail,
+        DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+        maximum=MAX_HEARTBEAT_INTERVAL_SECONDS,
+    )
+    # The default loss threshold follows a longer interval, so `heartbeat_interval_seconds
+    # = 30` alone is a valid policy.
+    lost_after = _positive_int(
+        table,
+        "lost_after_seconds",
+        "workers.lost_after_seconds",
+        fail,
+        max(DEFAULT_LOST_AFTER_SECONDS, MIN_BEATS_BEFORE_LOST * interval),
+        maximum=MAX_LOST_AFTER_SECONDS,
+    )
+    if lost_after < MIN_BEATS_BEFORE_LOST * interval:
+        raise fail(
+            "workers.lost_after_seconds",
+            f"must be at least {MIN_BEATS_BEFORE_LOST} x workers.heartbeat_interval_seconds "
+            f"= {MIN_BEATS_BEFORE_LOST * interval} (got {lost_after})",
+        )
+    return WorkerPolicy(heartbeat_interval_seconds=interval, lost_after_seconds=lost_after)
 
 
 def _quote(key: str) -> str:

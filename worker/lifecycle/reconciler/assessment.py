@@ -17,6 +17,7 @@ from models import RunStatus
 from worker.lifecycle.evidence import iso
 from worker.lifecycle.freshness import OperationRunFreshnessState, RunLike, stale_window
 from worker.lifecycle.gate import LegitimacyResult
+from worker.lifecycle.liveness import WorkerSnapshot, WorkerState, judged_by_worker
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.reconciler.results import ReconcileChange
@@ -54,15 +55,46 @@ def reconcilable(run: RunLike, policy: LifecyclePolicy, now: datetime) -> bool:
     )
 
 
+def worker_lost(
+    run: RunLike, policy: LifecyclePolicy, now: datetime, worker: WorkerSnapshot | None
+) -> bool:
+    """Whether ``run`` is running on a worker that is gone (lost or stopped) at ``now``."""
+    return (
+        worker is not None
+        and judged_by_worker(run, worker.id)
+        and worker.state(policy.workers, now) is not WorkerState.ALIVE
+    )
+
+
 def assess(
-    run: RunLike, policy: LifecyclePolicy, now: datetime, legitimacy: LegitimacyResult
+    run: RunLike,
+    policy: LifecyclePolicy,
+    now: datetime,
+    legitimacy: LegitimacyResult,
+    worker: WorkerSnapshot | None = None,
 ) -> Assessment | None:
-    """Why ``run`` (as loaded) should be force-failed at ``now``; None if it should not."""
-    if not reconcilable(run, policy, now):
+    """Why ``run`` (as loaded) should be force-failed at ``now``; None if it should not.
+
+    ``worker`` is the worker that started its current attempt (None: none recorded). A
+    running run whose worker is gone fails with ``run.worker_lost`` at once, judged from
+    the worker's last sign of life; otherwise the type's window decides.
+    """
+    if run.status == RunStatus.COMPLETED or not policy.supports_scheduled_reconciliation(run.type):
+        return None
+    if worker is not None and not judged_by_worker(run, worker.id):
+        worker = None
+    lost = worker_lost(run, policy, now, worker)
+    if not lost and not reconcilable(run, policy, now):
         return None
     window = stale_window(run, policy)
     assert window is not None  # covered and non-terminal, checked above
-    reason = stale_reason(run.status)
+    if lost:
+        assert worker is not None
+        reason = ReasonCode.WORKER_LOST
+        threshold, reference = policy.workers.lost_after_seconds, worker.last_seen()
+    else:
+        reason = stale_reason(run.status)
+        threshold, reference = window.threshold_seconds, window.reference_time
     freshness = OperationRunFreshnessState.LIKELY_STALE
     return Assessment(
         should_reconcile=True,
@@ -72,12 +104,13 @@ def assess(
         evidence={
             "evaluated_at": iso(now),
             "freshness_state": freshness.value,
-            "threshold_seconds": window.threshold_seconds,
-            "reference_time": iso(window.reference_time),
+            "threshold_seconds": threshold,
+            "reference_time": iso(reference),
             "status": str(run.status),
             "execution_legitimacy": legitimacy.to_dict(),
             "terminal_truth_path": policy.terminal_truth_path(run.type),
             "policy_sha256": policy.sha256,
+            "worker": worker.evidence() if worker is not None else None,
         },
     )
 

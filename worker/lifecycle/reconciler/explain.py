@@ -20,6 +20,7 @@ from worker.lifecycle.freshness import (
 )
 from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGate
 from worker.lifecycle.listing import run_to_dict
+from worker.lifecycle.liveness import WorkerSnapshot, WorkerState, judged_by_worker, worker_of
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler.assessment import Assessment, assess, stale_reason
 
@@ -38,6 +39,8 @@ class RunExplanation:
     execution_legitimacy: LegitimacyResult
     assessment: Assessment | None
     reconciliation: Mapping[str, Any] | None
+    #: the worker that started the current attempt, with its state (None: none recorded)
+    worker: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class RunExplanation:
             "execution_legitimacy": self.execution_legitimacy.to_dict(),
             "assessment": self.assessment.to_dict() if self.assessment else None,
             "reconciliation": dict(self.reconciliation) if self.reconciliation else None,
+            "worker": self.worker,
         }
 
 
@@ -71,7 +75,8 @@ def explain(
         if window is not None
         else None
     )
-    assessment = assess(run, policy, now, legitimacy)
+    worker = worker_of(session, run)
+    assessment = assess(run, policy, now, legitimacy, worker)
     why = _why(
         run,
         policy=policy,
@@ -80,6 +85,7 @@ def explain(
         stale_after=stale_after,
         now=now,
         reconciliation=reconciliation,
+        worker=worker,
     )
     return RunExplanation(
         run=run_to_dict(run, freshness),
@@ -92,6 +98,14 @@ def explain(
         execution_legitimacy=legitimacy,
         assessment=assessment,
         reconciliation=reconciliation if isinstance(reconciliation, Mapping) else None,
+        worker=(
+            {
+                **worker.evidence(),
+                "state": worker.state(policy.workers, now).value,
+            }
+            if worker is not None
+            else None
+        ),
     )
 
 
@@ -104,6 +118,7 @@ def _why(
     stale_after: datetime | None,
     now: datetime,
     reconciliation: Any,
+    worker: WorkerSnapshot | None = None,
 ) -> str:
     if freshness is OperationRunFreshnessState.RECONCILED_FAILED:
         record = reconciliation if isinstance(reconciliation, Mapping) else {}
@@ -127,13 +142,26 @@ def _why(
             f"{run.status}, {since} {age} s ago, but type {run.type!r} has "
             "scheduled_reconciliation = false; the reconciler never fails it"
         )
+    on_worker = ""
+    if worker is not None and judged_by_worker(run, worker.id):
+        state = worker.state(policy.workers, now)
+        seen = int((now - worker.last_seen()).total_seconds())
+        if state is not WorkerState.ALIVE:
+            ended = "stopped" if state is WorkerState.STOPPED else "last heartbeat"
+            return (
+                f"{run.status} on worker {worker.nodename} (pid {worker.pid}), which is "
+                f"{state.value}: {ended} {seen} s ago (lost after "
+                f"{policy.workers.lost_after_seconds} s); the next pass fails it with "
+                "run.worker_lost"
+            )
+        on_worker = f" on worker {worker.nodename} (pid {worker.pid}, alive, seen {seen} s ago)"
     if freshness is OperationRunFreshnessState.LIKELY_STALE:
         reason = stale_reason(run.status)
         return (
-            f"{run.status}, {since} {age} s ago, past its {window.threshold_seconds} s "
-            f"window: the next pass fails it with {reason.value}"
+            f"{run.status}{on_worker}, {since} {age} s ago, past its "
+            f"{window.threshold_seconds} s window: the next pass fails it with {reason.value}"
         )
     return (
-        f"{run.status}, {since} {age} s ago, within its {window.threshold_seconds} s "
+        f"{run.status}{on_worker}, {since} {age} s ago, within its {window.threshold_seconds} s "
         f"window; likely stale after {stale_after.isoformat()}"
     )

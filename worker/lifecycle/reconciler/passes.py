@@ -26,6 +26,7 @@ from models.types import sqlite_timestamp
 from worker.lifecycle.evidence import dumps
 from worker.lifecycle.freshness import RunSnapshot
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
+from worker.lifecycle.liveness import WorkerSnapshot
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.reconciler.assessment import assess, change_of
@@ -67,15 +68,12 @@ def policy_rows(policy: LifecyclePolicy, types: Sequence[str], now: datetime | N
     return dumps(rows)
 
 
-def statement_pass(
-    target: Connection | Session, policy: LifecyclePolicy, plan: PassPlan, now: datetime | None
-) -> ReconcileResult:
-    """One PostgreSQL pass: the ``reconcile_pass`` statement, one round trip, on the
-    database's clock (``now`` pins it for tests)."""
-    if not plan.types:
-        return ReconcileResult(0, 0, 0)
+def pass_parameters(
+    policy: LifecyclePolicy, plan: PassPlan, now: datetime | None
+) -> dict[str, Any]:
+    """The parameters of ``reconcile_pass`` for ``plan``."""
     options = plan.options
-    params: dict[str, Any] = {
+    return {
         "policy": policy_rows(policy, plan.types),
         "now": now,
         "limit": plan.limit,
@@ -87,9 +85,23 @@ def statement_pass(
         "stale_queued_message": ReasonCode.STALE_QUEUED.default_message,
         "stale_running": ReasonCode.STALE_RUNNING.value,
         "stale_running_message": ReasonCode.STALE_RUNNING.default_message,
+        "worker_lost": ReasonCode.WORKER_LOST.value,
+        "worker_lost_message": ReasonCode.WORKER_LOST.default_message,
+        "lost_after_s": policy.workers.lost_after_seconds,
         "audit_action": ReasonCode.STALE_RUNNING.audit_action,
         "policy_sha256": policy.sha256,
     }
+
+
+def statement_pass(
+    target: Connection | Session, policy: LifecyclePolicy, plan: PassPlan, now: datetime | None
+) -> ReconcileResult:
+    """One PostgreSQL pass: the ``reconcile_pass`` statement, one round trip, on the
+    database's clock (``now`` pins it for tests)."""
+    if not plan.types:
+        return ReconcileResult(0, 0, 0)
+    options = plan.options
+    params = pass_parameters(policy, plan, now)
     row = target.execute(statement("postgresql", "reconcile_pass"), params).one()
     candidates, reconciled = int(row.candidates), int(row.reconciled)
     proposed = candidates if options.dry_run else reconciled
@@ -113,16 +125,21 @@ def python_pass(
     params = {
         "policy": policy_rows(policy, plan.types, now),
         "limit": plan.limit,
+        "lost_cutoff": sqlite_timestamp(now - timedelta(seconds=policy.workers.lost_after_seconds)),
         "tenant_ids": dumps(options.tenant_ids) if options.tenant_ids else None,
         "workspace_ids": dumps(options.workspace_ids) if options.workspace_ids else None,
     }
-    runs = [
-        RunSnapshot(*row) for row in session.execute(statement("sqlite", "scan_stale_runs"), params)
-    ]
+    runs: list[RunSnapshot] = []
+    workers: dict[int, WorkerSnapshot | None] = {}
+    for row in session.execute(statement("sqlite", "scan_stale_runs"), params):
+        worker_id = row.worker_id
+        # The first twelve columns are RunSnapshot's, up to worker_id; then the worker's.
+        runs.append(RunSnapshot(*row[:12]))
+        workers[row.id] = WorkerSnapshot(*row[11:]) if worker_id is not None else None
     legitimacy = gate.evaluate_many(session, runs)
     proposed: list[ReconcileChange] = []
     for run in runs:
-        assessment = assess(run, policy, now, legitimacy[run.id])
+        assessment = assess(run, policy, now, legitimacy[run.id], workers[run.id])
         if assessment is not None:
             proposed.append(change_of(run, assessment, applied=False))
     if options.dry_run:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,7 @@ from worker.errors import InvalidOptionsError
 from worker.lifecycle.clock import database_now
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
+from worker.lifecycle.liveness import worker_of
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler.assessment import Assessment, assess, change_of
 from worker.lifecycle.reconciler.explain import RunExplanation, explain
@@ -76,22 +77,28 @@ class OperationLifecycleReconciler:
         *,
         max_passes: int | None = None,
         budget_seconds: float | None = None,
+        between_passes: Callable[[], bool] | None = None,
     ) -> DrainResult:
         """Passes, each its own transaction, until one reconciles nothing (or the pass or
-        time budget is spent). ``limit`` is the size of each pass. Holds every change;
-        :meth:`iter_passes` streams them instead."""
+        time budget is spent, or ``between_passes``, called after each pass, says stop).
+        ``limit`` is the size of each pass. Holds every change; :meth:`iter_passes`
+        streams them instead."""
         candidates = reconciled = skipped = passes = 0
         pieces: list[str] = []
-        for result in self.iter_passes(
+        results = self.iter_passes(
             engine, options, max_passes=max_passes, budget_seconds=budget_seconds
-        ):
-            passes += 1
-            candidates += result.candidates
-            reconciled += result.reconciled
-            skipped += result.skipped
-            items = result.changes_json_items()
-            if items:
-                pieces.append(items)
+        )
+        with contextlib.closing(results):
+            for result in results:
+                passes += 1
+                candidates += result.candidates
+                reconciled += result.reconciled
+                skipped += result.skipped
+                items = result.changes_json_items()
+                if items:
+                    pieces.append(items)
+                if between_passes is not None and not between_passes():
+                    break
         return DrainResult(
             candidates, reconciled, skipped, changes_json=f"[{','.join(pieces)}]", passes=passes
         )
@@ -103,7 +110,7 @@ class OperationLifecycleReconciler:
         *,
         max_passes: int | None = None,
         budget_seconds: float | None = None,
-    ) -> Iterator[ReconcileResult]:
+    ) -> Generator[ReconcileResult, None, None]:
         """Yield each pass's result as it commits, until a pass reconciles nothing (or
         the pass or time budget is spent)."""
         options = ReconcileOptions.coerce(options)
@@ -193,7 +200,8 @@ class OperationLifecycleReconciler:
     ) -> Assessment | None:
         """Why ``run`` (as loaded) should be force-failed; ``None`` if it should not."""
         now = now or self._clock(session)
-        return assess(run, self._policy, now, self._gate.evaluate(session, run))
+        legitimacy = self._gate.evaluate(session, run)
+        return assess(run, self._policy, now, legitimacy, worker_of(session, run))
 
     def explain(self, session: Session, run: OperationRun) -> RunExplanation:
         """The assessment of one run with a sentence saying why it would (not) be failed."""

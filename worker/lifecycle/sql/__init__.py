@@ -19,7 +19,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, TextClause, bindparam, text
+from sqlalchemy import BigInteger, Boolean, Integer, TextClause, bindparam, text
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import TypeEngine
 
@@ -96,6 +96,7 @@ _BIND_TYPES: dict[str, TypeEngine[Any]] = {
     "attempt": Integer(),
     "limit": Integer(),
     "dry_run": Boolean(),
+    "worker_id": BigInteger(),
 }
 _RESULT_TYPES: dict[str, TypeEngine[Any]] = {
     "now": UtcDateTime(),
@@ -103,6 +104,10 @@ _RESULT_TYPES: dict[str, TypeEngine[Any]] = {
     "started_at": UtcDateTime(),
     "last_heartbeat_at": UtcDateTime(),
     "retry_due_at": UtcDateTime(),
+    "stopped_at": UtcDateTime(),
+    "worker_started_at": UtcDateTime(),
+    "worker_last_heartbeat_at": UtcDateTime(),
+    "worker_stopped_at": UtcDateTime(),
     "context": JsonDoc,
 }
 

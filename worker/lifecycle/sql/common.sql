@@ -23,6 +23,9 @@ UPDATE operation_runs SET
     status = 'running',
     attempts = :retries + 1,
     retry_due_at = NULL,
+    -- NULL when the process is not a registered worker's: then only the type's running
+    -- window judges the run.
+    worker_id = :worker_id,
     started_at = COALESCE(started_at, COALESCE(:now, now())),
     last_heartbeat_at = COALESCE(:now, now()),
     updated_at = COALESCE(:now, now())
@@ -60,3 +63,20 @@ WHERE id = :run_id
   AND status = 'running'
   AND attempts = :attempt
   AND celery_task_id = :celery_task_id;
+
+-- name: register_worker
+-- A worker's main process, ready to take tasks, registers on the database's clock and gets its id.
+INSERT INTO runwarden_workers (nodename, hostname, pid, started_at, last_heartbeat_at)
+VALUES (:nodename, :hostname, :pid, now(), now())
+RETURNING id;
+
+-- name: worker_heartbeat
+-- A worker's main process is alive: one write, on the database's clock; a worker that stopped stays stopped (no row returned).
+UPDATE runwarden_workers SET last_heartbeat_at = now()
+WHERE id = :worker_id AND stopped_at IS NULL
+RETURNING id;
+
+-- name: stop_worker
+-- A worker's main process stopped: its pool is drained (warm) or its tasks were terminated (cold), so a run it still holds will never end by its hand.
+UPDATE runwarden_workers SET stopped_at = now(), last_heartbeat_at = now()
+WHERE id = :worker_id AND stopped_at IS NULL;

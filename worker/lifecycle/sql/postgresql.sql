@@ -25,20 +25,39 @@ WITH clock AS (
     CROSS JOIN clock
 ), candidates AS (
     SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
-           CASE WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
+           w.lost AS worker_lost,
+           CASE WHEN w.lost THEN CAST(:lost_after_s AS int)
+                WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
                AS threshold_seconds,
-           CASE WHEN r.status = 'queued' THEN r.created_at
+           CASE WHEN w.lost THEN COALESCE(w.stopped_at, w.last_heartbeat_at)
+                WHEN r.status = 'queued' THEN r.created_at
                 ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
                               r.retry_due_at) END
                AS reference_time,
-           p.truth_path
+           p.truth_path,
+           w.id AS worker_id, w.nodename AS worker_nodename, w.hostname AS worker_hostname,
+           w.pid AS worker_pid, w.last_heartbeat_at AS worker_last_heartbeat_at,
+           w.stopped_at AS worker_stopped_at
     FROM operation_runs AS r JOIN policy AS p ON p.type = r.type
+    -- The worker that started a running run's current attempt, and whether it is gone
+    -- (stopped, or silent for :lost_after_s on the database's clock). A run waiting for
+    -- its retry is judged by its retry's due time and window only: the retry may start
+    -- on any worker.
+    LEFT JOIN LATERAL (
+        SELECT w.id, w.nodename, w.hostname, w.pid, w.last_heartbeat_at, w.stopped_at,
+               w.stopped_at IS NOT NULL
+                   OR w.last_heartbeat_at < (SELECT clock.now FROM clock)
+                          - make_interval(secs => CAST(:lost_after_s AS int)) AS lost
+        FROM runwarden_workers AS w
+        WHERE w.id = r.worker_id AND r.status = 'running' AND r.retry_due_at IS NULL
+    ) AS w ON true
     WHERE r.status IN ('queued', 'running')
       -- A running run's last sign of life, or the time its retry is due if later
-      -- (GREATEST ignores a NULL retry_due_at).
-      AND CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
-               ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
-                             r.retry_due_at) < p.running_cutoff END
+      -- (GREATEST ignores a NULL retry_due_at); or its worker is gone.
+      AND (CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
+                ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                              r.retry_due_at) < p.running_cutoff END
+           OR w.lost)
       AND (CAST(:tenant_ids AS bigint[]) IS NULL
            OR r.tenant_id = ANY(CAST(:tenant_ids AS bigint[])))
       AND (CAST(:workspace_ids AS bigint[]) IS NULL
@@ -50,6 +69,7 @@ WITH clock AS (
     -- The gate's checks (QueuedExecutionLegitimacyGate). A scanned run is non-terminal
     -- and of a covered type by construction.
     SELECT c.*,
+           COALESCE(c.worker_lost, false) AS lost_now,
            c.tenant_id IS NULL OR t.id IS NOT NULL AS tenant_exists,
            c.tenant_id IS NULL OR COALESCE(t.is_active, false) AS tenant_active,
            c.tenant_id IS NULL OR COALESCE(t.workspace_id = c.workspace_id, false)
@@ -60,9 +80,11 @@ WITH clock AS (
     LEFT JOIN users AS u ON u.id = c.user_id
 ), assessed AS (
     SELECT g.*,
-           CASE WHEN g.status = 'queued' THEN CAST(:stale_queued AS text)
+           CASE WHEN g.lost_now THEN CAST(:worker_lost AS text)
+                WHEN g.status = 'queued' THEN CAST(:stale_queued AS text)
                 ELSE CAST(:stale_running AS text) END AS reason_code,
-           CASE WHEN g.status = 'queued' THEN CAST(:stale_queued_message AS text)
+           CASE WHEN g.lost_now THEN CAST(:worker_lost_message AS text)
+                WHEN g.status = 'queued' THEN CAST(:stale_queued_message AS text)
                 ELSE CAST(:stale_running_message AS text) END AS reason_message,
            -- The first failing check names the gate's reason, in the gate's order.
            CASE WHEN NOT g.tenant_exists THEN 'execution.tenant_missing'
@@ -96,7 +118,17 @@ WITH clock AS (
                        'user_active', a.user_active,
                        'type_covered', true)),
                'terminal_truth_path', a.truth_path,
-               'policy_sha256', CAST(:policy_sha256 AS text)) AS evidence
+               'policy_sha256', CAST(:policy_sha256 AS text),
+               -- The worker that started the current attempt (NULL: none recorded).
+               'worker', CASE WHEN a.worker_id IS NOT NULL THEN json_build_object(
+                   'id', a.worker_id,
+                   'nodename', a.worker_nodename,
+                   'hostname', a.worker_hostname,
+                   'pid', a.worker_pid,
+                   'last_heartbeat_at', to_char(a.worker_last_heartbeat_at AT TIME ZONE 'UTC',
+                       'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+                   'stopped_at', to_char(a.worker_stopped_at AT TIME ZONE 'UTC',
+                       'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')) END) AS evidence
     FROM assessed AS a
 ), updated AS (
     UPDATE operation_runs AS r SET

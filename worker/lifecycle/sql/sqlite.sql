@@ -7,21 +7,31 @@
 -- name: scan_stale_runs
 -- The stale runs a pass assesses in Python, oldest first in the active index's order, at most :limit (PostgreSQL assesses in reconcile_pass).
 -- :policy is the JSON array reconcile_pass takes, with cutoffs in the stored format
--- (the database's clock, read by the pass, less each threshold);
--- :tenant_ids and :workspace_ids are NULL (every run) or JSON arrays.
+-- (the database's clock, read by the pass, less each threshold); :lost_cutoff is that
+-- clock less the workers' lost_after_seconds. :tenant_ids and :workspace_ids are NULL
+-- (every run) or JSON arrays. A running run comes with the worker that started its
+-- current attempt, unless it waits for a retry (which may start on any worker).
 SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
-       r.created_at, r.started_at, r.last_heartbeat_at, r.retry_due_at
+       r.created_at, r.started_at, r.last_heartbeat_at, r.retry_due_at,
+       w.id AS worker_id, w.nodename AS worker_nodename, w.hostname AS worker_hostname,
+       w.pid AS worker_pid, w.started_at AS worker_started_at,
+       w.last_heartbeat_at AS worker_last_heartbeat_at, w.stopped_at AS worker_stopped_at
 FROM operation_runs AS r
 JOIN (SELECT json_extract(value, '$.type') AS type,
              json_extract(value, '$.queued_cutoff') AS queued_cutoff,
              json_extract(value, '$.running_cutoff') AS running_cutoff
       FROM json_each(:policy)) AS p ON p.type = r.type
+LEFT JOIN runwarden_workers AS w
+       ON w.id = r.worker_id AND r.status = 'running' AND r.retry_due_at IS NULL
 WHERE r.status IN ('queued', 'running')
   -- A running run's last sign of life, or the time its retry is due if later (max() of
-  -- SQLite is NULL if an argument is, hence '' for no retry: it sorts before any time).
-  AND CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
-           ELSE max(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
-                    COALESCE(r.retry_due_at, '')) < p.running_cutoff END
+  -- SQLite is NULL if an argument is, hence '' for no retry: it sorts before any time);
+  -- or its worker is gone.
+  AND (CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
+            ELSE max(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                     COALESCE(r.retry_due_at, '')) < p.running_cutoff END
+       OR w.stopped_at IS NOT NULL
+       OR w.last_heartbeat_at < :lost_cutoff)
   AND (:tenant_ids IS NULL OR r.tenant_id IN (SELECT value FROM json_each(:tenant_ids)))
   AND (:workspace_ids IS NULL
        OR r.workspace_id IN (SELECT value FROM json_each(:workspace_ids)))

@@ -1,0 +1,127 @@
+"""Whether the worker that started a run can still end it.
+
+A worker's main process registers in ``runwarden_workers`` and heartbeats there on the
+database's clock (:mod:`worker.liveness` does it for Celery). A worker is **lost** when it
+has not heartbeated for the policy's ``lost_after_seconds``, **stopped** when it shut down
+(its pool drained or its tasks terminated): either way a run it still holds ``running``
+will never end by its hand, and the reconciler fails it with ``run.worker_lost``. The
+rule is written here, in ``reconcile_pass`` and in SQLite's ``scan_stale_runs``; the
+parity tests hold them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import RunStatus, RunwardenWorker
+from models.operation_run import OperationRun
+from worker.lifecycle.evidence import iso, iso_or_none
+from worker.lifecycle.freshness import RunLike
+from worker.lifecycle.policy import WorkerPolicy
+
+
+class WorkerState(StrEnum):
+    ALIVE = "alive"
+    LOST = "lost"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSnapshot:
+    """A worker's row as read by a scan or a lookup."""
+
+    id: int
+    nodename: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_heartbeat_at: datetime
+    stopped_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: RunwardenWorker) -> WorkerSnapshot:
+        return cls(
+            row.id,
+            row.nodename,
+            row.hostname,
+            row.pid,
+            row.started_at,
+            row.last_heartbeat_at,
+            row.stopped_at,
+        )
+
+    def state(self, policy: WorkerPolicy, now: datetime) -> WorkerState:
+        """On the database's clock ``now``: silent for longer than ``lost_after_seconds``
+        is lost (the same strict comparison as the SQL: exactly at the threshold is alive)."""
+        if self.stopped_at is not None:
+            return WorkerState.STOPPED
+        if self.last_heartbeat_at < now - timedelta(seconds=policy.lost_after_seconds):
+            return WorkerState.LOST
+        return WorkerState.ALIVE
+
+    def last_seen(self) -> datetime:
+        """When it was last known to be working: its stop, else its last heartbeat."""
+        return self.stopped_at or self.last_heartbeat_at
+
+    def evidence(self) -> dict[str, Any]:
+        """``evidence.worker`` of a forced transition (the contract's keys)."""
+        return {
+            "id": self.id,
+            "nodename": self.nodename,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "last_heartbeat_at": iso(self.last_heartbeat_at),
+            "stopped_at": iso_or_none(self.stopped_at),
+        }
+
+    def to_dict(self, policy: WorkerPolicy, now: datetime, running_runs: int) -> dict[str, Any]:
+        """One row of ``runwarden workers --json``."""
+        return {
+            "id": self.id,
+            "nodename": self.nodename,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "started_at": iso(self.started_at),
+            "last_heartbeat_at": iso(self.last_heartbeat_at),
+            "stopped_at": iso_or_none(self.stopped_at),
+            "state": self.state(policy, now).value,
+            "running_runs": running_runs,
+        }
+
+
+def judged_by_worker(run: RunLike, worker_id: int | None) -> bool:
+    """Whether ``run``'s worker decides its liveness: a running run with a recorded worker
+    that is not waiting for a retry (a retry may start on any worker; its due time and the
+    type's window judge it until then)."""
+    return run.status == RunStatus.RUNNING and worker_id is not None and run.retry_due_at is None
+
+
+def worker_of(session: Session, run: RunLike) -> WorkerSnapshot | None:
+    """The worker that started ``run``'s current attempt, if one is recorded."""
+    if run.worker_id is None:
+        return None
+    row = session.get(RunwardenWorker, run.worker_id)
+    return WorkerSnapshot.of(row) if row is not None else None
+
+
+def list_workers(session: Session) -> list[tuple[WorkerSnapshot, int]]:
+    """Every registered worker, newest first, with how many running runs it holds."""
+    running = (
+        select(OperationRun.worker_id, func.count().label("running"))
+        .where(OperationRun.status == RunStatus.RUNNING.value)
+        .where(OperationRun.worker_id.is_not(None))
+        .group_by(OperationRun.worker_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(RunwardenWorker, func.coalesce(running.c.running, 0))
+        .outerjoin(running, running.c.worker_id == RunwardenWorker.id)
+        .order_by(RunwardenWorker.id.desc())
+    )
+    return [(WorkerSnapshot.of(worker), int(count)) for worker, count in rows]
