@@ -312,12 +312,62 @@ def explain(run_id: int, as_json: bool) -> None:
         + ("allowed" if legitimacy["allowed"] else f"refused ({legitimacy['reason_code']})")
         + (f"; failing checks: {', '.join(failed)}" if failed else "")
     )
+    worker = data.get("worker")
+    if worker:
+        click.echo(
+            f"worker: {worker['nodename']} (id {worker['id']}, pid {worker['pid']} on "
+            f"{worker['hostname']}), {worker['state']}, last heartbeat "
+            f"{worker['last_heartbeat_at']}"
+            + (f", stopped {worker['stopped_at']}" if worker["stopped_at"] else "")
+        )
     if data["assessment"]:
         click.echo("evidence the next pass would record:")
         click.echo(json.dumps(data["assessment"]["evidence"], indent=2))
     if data["reconciliation"]:
         click.echo("reconciliation record:")
         click.echo(json.dumps(data["reconciliation"], indent=2))
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, MAX_RUNS_LIMIT), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def workers(limit: int, as_json: bool) -> None:
+    """The registered workers, newest first: state (alive, lost, stopped) on the database's
+    clock and how many running runs each holds."""
+    from worker.db import read_session
+    from worker.lifecycle.clock import database_now
+    from worker.lifecycle.liveness import list_workers
+    from worker.lifecycle.policy import load_policy
+
+    workers_policy = load_policy().workers
+    with read_session(_database(create=False)) as session:
+        now = database_now(session)
+        listed = [
+            worker.to_dict(workers_policy, now, running)
+            for worker, running in list_workers(session, limit=limit)
+        ]
+    if as_json:
+        _print_json(listed)
+        return
+    if not listed:
+        click.echo("no workers registered")
+        return
+    _table(
+        ("ID", "NODENAME", "HOSTNAME", "PID", "STATE", "RUNNING", "STARTED", "LAST HEARTBEAT"),
+        [
+            (
+                str(w["id"]),
+                w["nodename"],
+                w["hostname"],
+                str(w["pid"]),
+                w["state"],
+                str(w["running_runs"]),
+                str(w["started_at"])[:19],
+                str(w["last_heartbeat_at"])[:19],
+            )
+            for w in listed
+        ],
+    )
 
 
 @main.command()

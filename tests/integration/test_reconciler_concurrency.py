@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import func, select, text
 
 from models import AuditLog, OperationRun, RunOutcome, utcnow
-from tests.factories import seed_tenancy
-from worker.db import build_engine, read_session, write_session
-from worker.lifecycle import transitions
-from worker.lifecycle.policy import LifecyclePolicy, TypePolicy
+from tests.factories import make_worker, seed_tenancy
+from worker.db import build_engine, read_session, statement_session, write_session
+from worker.lifecycle import execution, transitions
+from worker.lifecycle.policy import LifecyclePolicy, TypePolicy, WorkerPolicy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler
+from worker.lifecycle.sql import statement
 
 RUNS = 3000
 RECONCILERS = 3
@@ -148,4 +149,133 @@ def test_reconcile__concurrent_reconcilers_and_completions_give_one_transition_p
         assert row.context["reconciliation"]["reason_code"] == "run.stale_running"
         assert len(row.failure_summary) == 1
     assert audits == {str(run_id): 1 for run_id in failed}
+    engine.dispose()
+
+
+LIVENESS_RUNS = 1200
+LIVENESS_POLICY = LifecyclePolicy(
+    types=POLICY.types,
+    workers=WorkerPolicy(heartbeat_interval_seconds=1, lost_after_seconds=30),
+)
+
+
+def _liveness_reconciler(url: str, start: Any, results: Any) -> None:
+    engine = build_engine(url)
+    try:
+        start.wait(60)
+        drained = OperationLifecycleReconciler(LIVENESS_POLICY).drain(engine, {"limit": 50})
+        results.put(("reconciler", [c.operation_run_id for c in drained.changes if c.applied]))
+    finally:
+        engine.dispose()
+
+
+def _heartbeater(
+    url: str, run_ids: list[int], worker_id: int | None, start: Any, results: Any
+) -> None:
+    # Plays a worker's bodies heartbeating their runs (fenced on attempt and task id), and
+    # with ``worker_id`` its main process heartbeating too, while the reconcilers drain.
+    engine = build_engine(url)
+    refused: list[int] = []
+    try:
+        start.set()
+        for _ in range(3):
+            for run_id in run_ids:
+                with statement_session(engine) as session:
+                    if not execution.heartbeat(
+                        session, run_id, attempt=1, celery_task_id=f"task-{run_id}"
+                    ):
+                        refused.append(run_id)
+                    if worker_id is not None and run_id % 50 == 0:
+                        session.execute(
+                            statement("postgresql", "worker_heartbeat"), {"worker_id": worker_id}
+                        )
+        results.put(("heartbeater", (worker_id, sorted(set(refused)))))
+    finally:
+        engine.dispose()
+
+
+def test_reconcile__lost_worker_runs_with_racing_heartbeats__one_transition_each(
+    pg_url: str,
+) -> None:
+    """Two reconcilers drain runs of a lost worker while that worker's bodies still send run
+    heartbeats and a live worker heartbeats its own: each lost run fails once, as
+    run.worker_lost with one audit row; a heartbeat never brings a failed run back; the
+    live worker's runs are not touched."""
+    engine = build_engine(pg_url)
+    ids = seed_tenancy(engine)
+    lost = make_worker(engine, heartbeat_age_seconds=600, nodename="celery@lost")
+    alive = make_worker(engine, heartbeat_age_seconds=0, nodename="celery@alive")
+    with write_session(engine) as session:
+        session.execute(
+            text(
+                "INSERT INTO operation_runs (workspace_id, tenant_id, user_id, type, status,"
+                " outcome, attempts, celery_task_id, worker_id, context, summary_counts,"
+                " failure_summary, created_at, updated_at, started_at, last_heartbeat_at)"
+                " SELECT :ws, :tenant, :user, 'inventory.sync', 'running', 'pending', 1,"
+                " 'task-' || i, CASE WHEN i % 2 = 0 THEN :lost ELSE :alive END, '{}', '{}',"
+                " '[]', now(), now(), now(), now() FROM generate_series(1, :n) AS i"
+            ),
+            {
+                "ws": ids["workspace_id"],
+                "tenant": ids["tenant_id"],
+                "user": ids["user_id"],
+                "lost": lost,
+                "alive": alive,
+                "n": LIVENESS_RUNS,
+            },
+        )
+        session.execute(text("UPDATE operation_runs SET celery_task_id = 'task-' || id"))
+    with read_session(engine) as session:
+        on_lost = list(
+            session.scalars(select(OperationRun.id).where(OperationRun.worker_id == lost))
+        )
+        on_alive = list(
+            session.scalars(select(OperationRun.id).where(OperationRun.worker_id == alive))
+        )
+
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    results: Any = ctx.Queue()
+    processes = [
+        ctx.Process(target=_liveness_reconciler, args=(pg_url, start, results)) for _ in range(2)
+    ]
+    processes.append(ctx.Process(target=_heartbeater, args=(pg_url, on_lost, None, start, results)))
+    processes.append(
+        ctx.Process(target=_heartbeater, args=(pg_url, on_alive, alive, start, results))
+    )
+    for process in processes:
+        process.start()
+    reported = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+
+    failed = [i for role, ids_ in reported if role == "reconciler" for i in ids_]
+    refused = dict(ids_ for role, ids_ in reported if role == "heartbeater")
+    assert len(failed) == len(set(failed))
+    assert sorted(failed) == sorted(on_lost)
+    with read_session(engine) as session:
+        rows = {
+            row.id: row
+            for row in session.execute(
+                select(
+                    OperationRun.id, OperationRun.status, OperationRun.outcome, OperationRun.context
+                )
+            )
+        }
+        audits = dict(
+            session.execute(
+                select(AuditLog.resource_id, func.count()).group_by(AuditLog.resource_id)
+            ).all()
+        )
+    for run_id in on_lost:
+        row = rows[run_id]
+        assert (row.status, row.outcome) == ("completed", "failed")
+        assert row.context["reconciliation"]["reason_code"] == "run.worker_lost"
+        assert row.context["reconciliation"]["evidence"]["worker"]["id"] == lost
+    assert all(rows[i].status == "running" for i in on_alive)
+    assert audits == {str(run_id): 1 for run_id in on_lost}
+    # A live worker's runs accept every heartbeat; a failed run refuses them.
+    assert refused[alive] == []
+    assert set(refused[None]) <= set(on_lost)
     engine.dispose()

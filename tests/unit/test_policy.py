@@ -239,8 +239,9 @@ def test_policy_sha256__formatting_order_comments_and_written_defaults_do_not_ch
         _PLAIN + "scheduled_reconciliation = false\n",
         "[reconciliation]\nbatch_limit = 99\n" + _PLAIN,
         _PLAIN.replace('"a.one"', '"a.uno"'),
+        "[workers]\nlost_after_seconds = 61\n" + _PLAIN,
     ],
-    ids=["threshold", "bridge", "scheduled", "batch limit", "type name"],
+    ids=["threshold", "bridge", "scheduled", "batch limit", "type name", "lost after"],
 )
 def test_policy_sha256__any_rule_changes_it(changed: str) -> None:
     assert parse_policy(changed).sha256 != parse_policy(_PLAIN).sha256
@@ -251,3 +252,43 @@ def test_policy_to_toml__loads_back_to_the_same_policy() -> None:
     again = parse_policy(policy.to_toml())
     assert again.sha256 == policy.sha256
     assert again.to_dict() == policy.to_dict()
+
+
+def test_load_policy__workers_defaults_and_packaged_values() -> None:
+    assert parse_policy("").workers.heartbeat_interval_seconds == 10
+    assert parse_policy("").workers.lost_after_seconds == 60
+    # A longer interval alone moves the default threshold along (3 beats at least).
+    assert (
+        parse_policy("[workers]\nheartbeat_interval_seconds = 30\n").workers.lost_after_seconds
+        == 90
+    )
+    packaged = load_policy().workers
+    assert (packaged.heartbeat_interval_seconds, packaged.lost_after_seconds) == (10, 60)
+    assert load_policy().to_dict()["workers"] == {
+        "heartbeat_interval_seconds": 10,
+        "lost_after_seconds": 60,
+    }
+
+
+@pytest.mark.parametrize(
+    ("workers", "message"),
+    [
+        (
+            "heartbeat_interval_seconds = 10\nlost_after_seconds = 29",
+            "workers.lost_after_seconds: must be at least 3 x "
+            "workers.heartbeat_interval_seconds = 30 (got 29)",
+        ),
+        (
+            "heartbeat_interval_seconds = 0",
+            "workers.heartbeat_interval_seconds: must be a positive",
+        ),
+        ("lost_after_seconds = '60'", "workers.lost_after_seconds: must be a positive integer"),
+        ("lost_after_seconds = 86401", "workers.lost_after_seconds: must be between 1 and 86400"),
+        ("heartbeat_interval_seconds = 3601", "must be between 1 and 3600"),
+        ("stale_after = 5", "workers.stale_after: unknown key"),
+    ],
+)
+def test_load_policy__bad_workers_section_names_the_key(workers: str, message: str) -> None:
+    with pytest.raises(PolicyError, match="^p.toml: ") as raised:
+        parse_policy(f"[workers]\n{workers}\n", source="p.toml")
+    assert message in str(raised.value)

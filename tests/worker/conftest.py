@@ -137,6 +137,10 @@ class LiveWorker:
     beat: bool = False
     #: a command the worker runs under (e.g. faketime)
     wrapper: list[str] = field(default_factory=list)
+    #: the queues it consumes (-Q)
+    queues: str = "celery"
+    #: empty the broker and backend databases first (the first worker of a module)
+    flush_broker: bool = True
 
     # -- observing ---------------------------------------------------------------------
 
@@ -202,8 +206,9 @@ class LiveWorker:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        redis.Redis.from_url(self.broker_url).flushdb()
-        redis.Redis.from_url(self.backend_url).flushdb()
+        if self.flush_broker:
+            redis.Redis.from_url(self.broker_url).flushdb()
+            redis.Redis.from_url(self.backend_url).flushdb()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RUNWARDEN_")},
             "RUNWARDEN_DATABASE_URL": self.db_url,
@@ -228,6 +233,8 @@ class LiveWorker:
             "2",
             "-I",
             "tests.worker.operations",
+            "-Q",
+            self.queues,
             "-n",
             f"rwtest-{self.backend}-{self.name}-{os.getpid()}@%h",
             *(["-B", "-s", str(self.log_file.with_suffix(".schedule"))] if self.beat else []),

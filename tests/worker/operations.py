@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,14 @@ def retry_later(run: RunContext, **inputs: Any) -> OperationResult:
     if run.attempt == 1:
         run.retry(exc=TransientError("upstream busy"), countdown=RETRY_COUNTDOWN_SECONDS)
     return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})
+
+
+@operation("test.quiet")
+def quiet(run: RunContext, **inputs: Any) -> OperationResult:
+    """Works for ``seconds`` without a single heartbeat, then succeeds: only the worker's
+    own heartbeat says it is alive."""
+    record_execution(run, inputs)
+    # An Event's timed wait, not time.sleep: under libfaketime (the skewed-clock test)
+    # time.sleep's clock_nanosleep fails with EINVAL.
+    threading.Event().wait(float(inputs.get("seconds", 1)))
+    return OperationResult(outcome="succeeded")

@@ -110,8 +110,8 @@ def worker_of(session: Session, run: RunLike) -> WorkerSnapshot | None:
     return WorkerSnapshot.of(row) if row is not None else None
 
 
-def list_workers(session: Session) -> list[tuple[WorkerSnapshot, int]]:
-    """Every registered worker, newest first, with how many running runs it holds."""
+def list_workers(session: Session, *, limit: int = 50) -> list[tuple[WorkerSnapshot, int]]:
+    """The newest ``limit`` registered workers, with how many running runs each holds."""
     running = (
         select(OperationRun.worker_id, func.count().label("running"))
         .where(OperationRun.status == RunStatus.RUNNING.value)
@@ -123,5 +123,6 @@ def list_workers(session: Session) -> list[tuple[WorkerSnapshot, int]]:
         select(RunwardenWorker, func.coalesce(running.c.running, 0))
         .outerjoin(running, running.c.worker_id == RunwardenWorker.id)
         .order_by(RunwardenWorker.id.desc())
+        .limit(limit)
     )
     return [(WorkerSnapshot.of(worker), int(count)) for worker, count in rows]
