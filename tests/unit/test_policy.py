@@ -289,6 +289,6 @@ def test_load_policy__workers_defaults_and_packaged_values() -> None:
     ],
 )
 def test_load_policy__bad_workers_section_names_the_key(workers: str, message: str) -> None:
-    with pytest.raises(PolicyError, match="^p.toml: ") as raised:
+    with pytest.raises(PolicyError, match=r"^p\.toml: ") as raised:
         parse_policy(f"[workers]\n{workers}\n", source="p.toml")
     assert message in str(raised.value)
