@@ -21,10 +21,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from benchmarks import bench_bridge, bench_drain, bench_idle, bench_latency
+from benchmarks import bench_bridge, bench_drain, bench_idle, bench_latency, bench_liveness
 from benchmarks.common import REPO, WORK, Result, Scale, Servers, log, machine, servers, versions
 
-NAMES = ("idle", "drain", "bridge", "latency")
+NAMES = ("idle", "drain", "bridge", "latency", "liveness")
 GOAL_RSS_MB = 150.0
 HERE = REPO / "benchmarks"
 
@@ -87,6 +87,8 @@ def _run_one(name: str, srv: Servers, scale: Scale, memory: dict[str, Any]) -> R
     if name == "bridge":
         result, memory["bridge_worker"] = bench_bridge.run(srv, scale)
         return result
+    if name == "liveness":
+        return bench_liveness.run(srv, scale)
     result, memory["service_worker"], memory["service"] = bench_latency.run(srv, scale)
     return result
 
@@ -105,6 +107,7 @@ SUMMARIES: dict[str, Callable[[Result], list[str]]] = {
     "drain": bench_drain.summary,
     "bridge": bench_bridge.summary,
     "latency": bench_latency.summary,
+    "liveness": bench_liveness.summary,
 }
 
 
@@ -198,7 +201,8 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "```sh",
         "make bench                                   # = .venv/bin/python -m benchmarks",
         ".venv/bin/python -m benchmarks --quick       # small data, for development",
-        ".venv/bin/python -m benchmarks --only drain  # one benchmark (idle drain bridge latency)",
+        ".venv/bin/python -m benchmarks --only drain  # one benchmark",
+        "# (names: idle drain bridge latency liveness)",
         "```",
         "",
         "The suite starts its own PostgreSQL (Debian `postgresql`) and Redis (`redis-server`)",
@@ -216,7 +220,8 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "  `benchmarks/floor_drain.py` (bare psycopg, one statement per 500-run pass).",
         "- **idle**: in-process `OperationLifecycleReconciler.reconcile(engine)` passes that find",
         "  nothing, alternating between 10,000 and 1,000,000 terminal runs (200 fresh",
-        "  non-terminal runs in both); EXPLAIN (ANALYZE) of the captured scan, and auto_explain",
+        "  non-terminal runs and 100 registered workers in both); EXPLAIN (ANALYZE) of the",
+        "  captured scan, and auto_explain",
         "  of a prepared execution under `plan_cache_mode = force_generic_plan`.",
         "- **bridge**: one `celery worker -P prefork -c 2`; each batch is queued while the",
         "  worker's main process is SIGSTOPped, timed from SIGCONT to the last body end / last",
@@ -225,6 +230,10 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "- **latency**: `runwarden up` (worker + embedded beat, interval 5 s); runs inserted",
         "  running whose thresholds pass at staggered moments; latency = `completed_at -",
         "  (started_at + threshold)` from each row.",
+        "- **liveness**: a beat worker and, per round, a victim worker (`-c 2`) with two runs",
+        "  in flight that never heartbeat; the victim's whole process group is SIGKILLed;",
+        "  latency = `completed_at` - the database's `now()` read right after the kill;",
+        "  heartbeat writes from pg_stat_statements over 30 idle seconds.",
         "- **memory**: `ru_maxrss` of the drain process (spawned through",
         "  `benchmarks/launcher.py` so the benchmark's own RSS is not inherited) and VmRSS /",
         "  VmHWM of the idle worker main processes.",

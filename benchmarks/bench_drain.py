@@ -49,6 +49,7 @@ EVIDENCE_KEYS = {
     "execution_legitimacy",
     "terminal_truth_path",
     "policy_sha256",
+    "worker",
 }
 CHANGE_KEYS = {
     "applied",

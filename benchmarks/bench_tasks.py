@@ -41,3 +41,12 @@ def plain(batch: str) -> None:
 def tracked(run: RunContext, batch: str, **_: Any) -> None:
     time.sleep(BODY_SECONDS)
     _record_end(batch)
+
+
+HOLD_TYPE = "bench.hold"
+
+
+@operation(HOLD_TYPE)
+def hold(run: RunContext, seconds: float = 120, **_: Any) -> None:
+    """A long body that never heartbeats: only the worker's own heartbeat says it is alive."""
+    time.sleep(seconds)

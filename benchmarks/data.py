@@ -8,6 +8,11 @@ Run ids encode what a run is, so every check can say which rows must have change
   with ``scheduled_reconciliation = false``); every other run is terminal.
 * idle data: ids 1..200 are fresh non-terminal runs, the rest are terminal.
 
+100 workers are registered (heartbeat at generation time) and every run past queued names
+one: the pass's worker join is always measured. The benchmark policy's
+``lost_after_seconds`` is a day, so no worker is lost during a benchmark and every verdict
+stays the window's.
+
 Stale runs come in two shapes (:data:`STALE_CREATED`): each with its own creation time, or
 all sharing one.
 
@@ -25,6 +30,10 @@ from benchmarks.common import Servers, log
 #: Thresholds: queued runs get two hours, so fresh queued runs stay fresh all benchmark long.
 QUEUED_STALE_AFTER_SECONDS = 7200
 RUNNING_STALE_AFTER_SECONDS = 3600
+
+#: The generated workers heartbeat once, at generation: they must stay alive all run long.
+WORKERS_LOST_AFTER_SECONDS = 86_400
+WORKERS = 100
 
 STALE_TYPES = ("inventory.sync", "backup.create", "report.export")
 TERMINAL_TYPES = ("inventory.sync", "backup.create", "report.export", "restore.run")
@@ -44,6 +53,10 @@ def policy_toml(
 [reconciliation]
 batch_limit = {batch_limit}
 interval_seconds = {interval_seconds}
+
+[workers]
+heartbeat_interval_seconds = 60
+lost_after_seconds = {WORKERS_LOST_AFTER_SECONDS}
 
 [types."inventory.sync"]
 queued_stale_after_seconds = {queued}
@@ -84,6 +97,9 @@ FROM generate_series(1, 200) AS i;
 INSERT INTO users (id, email, is_active, created_at)
 SELECT i, 'user' || i || '@example.test', i % 7 <> 0, now() - interval '30 days'
 FROM generate_series(1, 500) AS i;
+INSERT INTO runwarden_workers (nodename, hostname, pid, started_at, last_heartbeat_at)
+SELECT 'celery@bench-' || i, 'bench-' || i, 1000 + i, now() - interval '1 hour', now()
+FROM generate_series(1, {workers}) AS i;
 """
 
 # {kind} is an SQL expression of i naming the kind of run i is.
@@ -91,7 +107,7 @@ _RUNS = """
 INSERT INTO operation_runs (
     id, workspace_id, tenant_id, user_id, type, status, outcome, celery_task_id, attempts,
     context, summary_counts, failure_summary,
-    created_at, updated_at, started_at, completed_at, last_heartbeat_at)
+    created_at, updated_at, started_at, completed_at, last_heartbeat_at, worker_id)
 SELECT i,
     CASE WHEN p.tenant IS NULL THEN 1 + i % 20
          WHEN i % 13 = 0 THEN 1 + p.tenant % 20          -- tenant of another workspace
@@ -120,7 +136,8 @@ SELECT i,
     CASE WHEN k.kind = 'fresh_running' THEN now()
          WHEN k.kind = 'stale' AND i % 2 = 0 THEN t.created + interval '1 hour'
          WHEN k.kind = 'done' THEN t.created + interval '60 seconds'
-         ELSE NULL END
+         ELSE NULL END,
+    CASE k.kind WHEN 'fresh_queued' THEN NULL ELSE 1 + i % {workers} END
 FROM generate_series(1, {total}) AS i
 CROSS JOIN LATERAL (SELECT {kind} AS kind) AS k
 CROSS JOIN LATERAL (
@@ -178,8 +195,12 @@ def build_database(
     url = srv.create_database(name)
     _migrate(url)
     with srv.connect(name) as conn:
-        conn.execute(_PARTIES)
-        conn.execute(_RUNS.format(total=total, kind=kind, stale_created=STALE_CREATED[shape]))
+        conn.execute(_PARTIES.format(workers=WORKERS))
+        conn.execute(
+            _RUNS.format(
+                total=total, kind=kind, stale_created=STALE_CREATED[shape], workers=WORKERS
+            )
+        )
         conn.execute("VACUUM (ANALYZE)")
     log(f"  generated {total:,} runs in database {name} ({shape} stale creation times)")
     return url

@@ -12,6 +12,8 @@ benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
   already completed, and a pass grows from 4 ms to 110 ms as the drain advances;
 * the staleness rule on the database's clock (``now()``), a running run judged by the
   later of its last sign of life and its retry's due time;
+* the worker that started a running run (joined; lost after ``lost_after_seconds`` of
+  silence on the database's clock, or stopped: ``run.worker_lost``), and its evidence;
 * the legitimacy inputs (tenant and user joined) and the full evidence, the policy's
   hash included;
 * the conditional UPDATE writing ``context.reconciliation`` and one failure entry;
@@ -41,21 +43,34 @@ WITH policy AS (
 ),
 candidates AS (
     SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
-           CASE WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
+           COALESCE(w.lost, false) AS lost,
+           CASE WHEN w.lost THEN %(lost_after_s)s::int
+                WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
                AS threshold_seconds,
-           CASE WHEN r.status = 'queued' THEN r.created_at
+           CASE WHEN w.lost THEN COALESCE(w.stopped_at, w.last_heartbeat_at)
+                WHEN r.status = 'queued' THEN r.created_at
                 ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
                               r.retry_due_at) END
                AS reference_time,
-           p.truth_path
+           p.truth_path,
+           w.id AS worker_id, w.nodename, w.hostname, w.pid,
+           w.last_heartbeat_at AS worker_seen, w.stopped_at AS worker_stopped
     FROM operation_runs AS r
     JOIN policy AS p ON p.type = r.type
+    LEFT JOIN LATERAL (
+        SELECT w.*, w.stopped_at IS NOT NULL
+                    OR w.last_heartbeat_at < now() - make_interval(secs => %(lost_after_s)s)
+                    AS lost
+        FROM runwarden_workers AS w
+        WHERE w.id = r.worker_id AND r.status = 'running' AND r.retry_due_at IS NULL
+    ) AS w ON true
     WHERE r.status IN ('queued', 'running')
-      AND CASE WHEN r.status = 'queued'
-               THEN r.created_at < now() - make_interval(secs => p.queued_s)
-               ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
-                             r.retry_due_at)
-                    < now() - make_interval(secs => p.running_s) END
+      AND (CASE WHEN r.status = 'queued'
+                THEN r.created_at < now() - make_interval(secs => p.queued_s)
+                ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
+                              r.retry_due_at)
+                     < now() - make_interval(secs => p.running_s) END
+           OR w.lost)
     -- The partial index's own order: ORDER BY id would let the planner walk the primary
     -- key past every completed run (the cost grows with each pass of a drain).
     ORDER BY r.type, r.status, r.created_at
@@ -75,9 +90,12 @@ checked AS (
 ),
 assessed AS (
     SELECT k.*,
-           CASE WHEN k.status = 'queued' THEN 'run.stale_queued' ELSE 'run.stale_running' END
+           CASE WHEN k.lost THEN 'run.worker_lost'
+                WHEN k.status = 'queued' THEN 'run.stale_queued' ELSE 'run.stale_running' END
                AS reason_code,
-           CASE WHEN k.status = 'queued'
+           CASE WHEN k.lost
+                THEN 'The worker process running the task died before it finished.'
+                WHEN k.status = 'queued'
                 THEN 'Run was queued but never started within its lifecycle window.'
                 ELSE 'Run started but did not finish within its lifecycle window.' END
                AS reason_message,
@@ -107,7 +125,11 @@ evidenced AS (
                        'user_active', a.user_active,
                        'type_covered', true)),
                'terminal_truth_path', a.truth_path,
-               'policy_sha256', %(policy_sha256)s::text) AS evidence
+               'policy_sha256', %(policy_sha256)s::text,
+               'worker', CASE WHEN a.worker_id IS NOT NULL THEN json_build_object(
+                   'id', a.worker_id, 'nodename', a.nodename, 'hostname', a.hostname,
+                   'pid', a.pid, 'last_heartbeat_at', a.worker_seen,
+                   'stopped_at', a.worker_stopped) END) AS evidence
     FROM assessed AS a
 ),
 updated AS (
@@ -170,6 +192,10 @@ def policy_sha256(path: str) -> str:
             "batch_limit": reconciliation.get("batch_limit", 100),
             "interval_seconds": reconciliation.get("interval_seconds", 60),
         },
+        "workers": {
+            "heartbeat_interval_seconds": _workers(document)[0],
+            "lost_after_seconds": _workers(document)[1],
+        },
         "types": {
             name: {
                 "queued_stale_after_seconds": entry["queued_stale_after_seconds"],
@@ -182,6 +208,13 @@ def policy_sha256(path: str) -> str:
     }
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _workers(document: dict[str, object]) -> tuple[int, int]:
+    workers = document.get("workers", {})
+    assert isinstance(workers, dict)
+    interval = int(workers.get("heartbeat_interval_seconds", 10))
+    return interval, int(workers.get("lost_after_seconds", max(60, 3 * interval)))
 
 
 def policy_rows(path: str) -> list[dict[str, object]]:
@@ -211,6 +244,8 @@ def main() -> int:
     url = os.environ["RUNWARDEN_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
     policy = json.dumps(policy_rows(os.environ["RUNWARDEN_POLICY_FILE"]))
     sha256 = policy_sha256(os.environ["RUNWARDEN_POLICY_FILE"])
+    with open(os.environ["RUNWARDEN_POLICY_FILE"], "rb") as policy_file:
+        lost_after = _workers(tomllib.load(policy_file))[1]
 
     candidates = reconciled = passes = 0
     out = sys.stdout
@@ -223,6 +258,7 @@ def main() -> int:
             params = {
                 "policy": policy,
                 "policy_sha256": sha256,
+                "lost_after_s": lost_after,
                 "limit": min(max(args.limit, 1), 500),
                 "source": args.source,
             }
