@@ -1,7 +1,7 @@
 """5. Lost-worker detection: runs in flight on a worker whose whole process group is
 SIGKILLed (main process and pool at once, as the OOM killer or a lost node leaves them),
 timed from the kill to each run's terminal write, both on the database's clock; beat runs
-on a second worker. Settings: ``[workers] heartbeat_interval_seconds = 2``,
+on a second worker. Settings: ``[workers] heartbeat_interval_seconds = 1``,
 ``lost_after_seconds = 5``, ``interval_seconds = 2``. Without worker liveness the same
 fault is found only when the type's running window passes (``running_stale_after_seconds``:
 3600 s for ``inventory.sync`` on the packaged policy).
@@ -25,7 +25,7 @@ from benchmarks.common import BIN, REPO, WORK, Result, Scale, Servers, median, p
 from benchmarks.data import IDLE_KIND, build_database
 
 DATABASE = "bench_liveness"
-HEARTBEAT_S = 2
+HEARTBEAT_S = 1
 LOST_AFTER_S = 5
 INTERVAL_S = 2
 GOAL_P99_SECONDS = LOST_AFTER_S + INTERVAL_S + 1.0
