@@ -11,9 +11,18 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateSchema
 
 from migrations import SCRIPT_LOCATION
-from worker.db import build_engine, describe_url, immediate, interrupt, unavailable
+from worker.db import (
+    FROM_SETTINGS,
+    FromSettings,
+    build_engine,
+    describe_url,
+    immediate,
+    interrupt,
+    unavailable,
+)
 from worker.errors import (
     DatabaseLockedError,
     MigrationCancelledError,
@@ -36,22 +45,40 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
-    Migration(url or get_settings().resolved_database_url).upgrade(revision)
+def upgrade(
+    url: str | None = None,
+    revision: str = "head",
+    *,
+    schema: str | FromSettings | None = FROM_SETTINGS,
+) -> None:
+    Migration(url or get_settings().resolved_database_url, schema=schema).upgrade(revision)
 
 
-def downgrade(url: str | None = None, revision: str = "base") -> None:
-    Migration(url or get_settings().resolved_database_url).downgrade(revision)
+def downgrade(
+    url: str | None = None,
+    revision: str = "base",
+    *,
+    schema: str | FromSettings | None = FROM_SETTINGS,
+) -> None:
+    Migration(url or get_settings().resolved_database_url, schema=schema).downgrade(revision)
 
 
 class Migration:
     """One alembic step in one transaction, which another thread may :meth:`cancel`
     (``up`` runs it in a thread, so that a signal is acted on during a lock wait)."""
 
-    def __init__(self, url: str, *, lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
+        schema: str | FromSettings | None = FROM_SETTINGS,
+    ) -> None:
         if lock_timeout_seconds <= 0:
             raise ValueError("lock_timeout_seconds must be positive")
         self.url = url
+        #: runwarden's PostgreSQL schema (default: RUNWARDEN_DB_SCHEMA), made if missing.
+        self.schema = get_settings().db_schema if isinstance(schema, FromSettings) else schema
         self.lock_timeout_seconds = lock_timeout_seconds
         self._guard = threading.Lock()
         self._cancelled = False
@@ -76,7 +103,7 @@ class Migration:
         # On SQLite it takes the write lock at BEGIN: alembic reads the version table before
         # its first write, and a deferred transaction whose snapshot another writer committed
         # past fails at once with "database is locked" instead of waiting its busy timeout.
-        engine = build_engine(self.url)
+        engine = build_engine(self.url, schema=self.schema)
         try:
             with immediate(engine).connect() as connection:
                 with self._guard:
@@ -90,8 +117,13 @@ class Migration:
                             text("SELECT set_config('lock_timeout', :timeout, true)"),
                             {"timeout": f"{int(self.lock_timeout_seconds * 1000)}ms"},
                         )
+                        if self.schema is not None:
+                            # In the migration's transaction: a migration that fails
+                            # leaves no empty schema behind. Quoted by the dialect.
+                            connection.execute(CreateSchema(self.schema, if_not_exists=True))
                     config = alembic_config(self.url)
                     config.attributes["connection"] = connection
+                    config.attributes["schema"] = self.schema
                     step(config, revision)
         except DBAPIError as exc:
             raise self._error(exc) from exc
