@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, quote_plus
 
 from sqlalchemy import Engine, create_engine, event, inspect, make_url
@@ -39,6 +39,9 @@ from worker.errors import (
 )
 from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, check_schema_name, get_settings
+
+if TYPE_CHECKING:
+    from worker.lifecycle.policy import LifecyclePolicy
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
 #: How long :func:`interrupt` may take to deliver PostgreSQL's cancel request.
@@ -299,6 +302,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "OperationalError",
     "build_engine",
+    "check_gate",
     "check_migrated",
     "describe_url",
     "dispose_engines",
@@ -328,3 +332,15 @@ def check_migrated(engine: Engine, url: str) -> None:
         raise DatabaseNotMigratedError(
             f"database {describe_url(url)} has no runwarden tables: run `runwarden migrate`"
         )
+
+
+def check_gate(engine: Engine, url: str, policy: LifecyclePolicy) -> None:
+    """The legitimacy gate can read what ``policy`` maps (worker.lifecycle.tenancy): its
+    tables and columns exist, and the gate views are the ones ``migrate`` builds for it."""
+    from worker.lifecycle.tenancy import check_gate as check
+
+    try:
+        with engine.connect() as connection:
+            check(connection, policy.gate_tenancy, policy.source or "<policy>")
+    except DBAPIError as exc:
+        raise unavailable(exc, url) from exc

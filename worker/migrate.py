@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateSchema
 
-from migrations import SCRIPT_LOCATION
+from migrations import SCRIPT_LOCATION, gate_views
 from worker.db import (
     FROM_SETTINGS,
     FromSettings,
@@ -28,7 +28,11 @@ from worker.errors import (
     MigrationCancelledError,
     RunwardenError,
 )
+from worker.lifecycle.tenancy import check_tables
 from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.lifecycle.policy import LifecyclePolicy
 
 #: How long a migration on PostgreSQL waits for each lock it needs (the version table,
 #: a table it alters) before it stops with "locked by another session": a session that
@@ -50,8 +54,12 @@ def upgrade(
     revision: str = "head",
     *,
     schema: str | FromSettings | None = FROM_SETTINGS,
+    policy: LifecyclePolicy | None = None,
 ) -> None:
-    Migration(url or get_settings().resolved_database_url, schema=schema).upgrade(revision)
+    """Upgrade to ``revision``; at head, the gate views are made ``policy``'s (default:
+    the configured policy)."""
+    url = url or get_settings().resolved_database_url
+    Migration(url, schema=schema, policy=policy).upgrade(revision)
 
 
 def downgrade(
@@ -73,19 +81,27 @@ class Migration:
         *,
         lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
         schema: str | FromSettings | None = FROM_SETTINGS,
+        policy: LifecyclePolicy | None = None,
     ) -> None:
         if lock_timeout_seconds <= 0:
             raise ValueError("lock_timeout_seconds must be positive")
         self.url = url
         #: runwarden's PostgreSQL schema (default: RUNWARDEN_DB_SCHEMA), made if missing.
         self.schema = get_settings().db_schema if isinstance(schema, FromSettings) else schema
+        #: Whose tables the gate reads (its [tenancy]): loaded now, so a bad policy stops
+        #: the migration before it connects.
+        if policy is None:
+            from worker.lifecycle.policy import load_policy
+
+            policy = load_policy()
+        self.policy = policy
         self.lock_timeout_seconds = lock_timeout_seconds
         self._guard = threading.Lock()
         self._cancelled = False
         self._dbapi_connection: Any = None
 
     def upgrade(self, revision: str = "head") -> None:
-        self._run(command.upgrade, revision)
+        self._run(command.upgrade, revision, gate=revision == "head")
 
     def downgrade(self, revision: str = "base") -> None:
         self._run(command.downgrade, revision)
@@ -98,7 +114,9 @@ class Migration:
         if connection is not None:
             interrupt(connection)
 
-    def _run(self, step: Callable[[Config, str], None], revision: str) -> None:
+    def _run(
+        self, step: Callable[[Config, str], None], revision: str, *, gate: bool = False
+    ) -> None:
         # One transaction for the whole step: a migration that fails half way leaves nothing.
         # On SQLite it takes the write lock at BEGIN: alembic reads the version table before
         # its first write, and a deferred transaction whose snapshot another writer committed
@@ -124,7 +142,15 @@ class Migration:
                     config = alembic_config(self.url)
                     config.attributes["connection"] = connection
                     config.attributes["schema"] = self.schema
+                    tenancy = self.policy.gate_tenancy
+                    source = self.policy.source or "<policy>"
+                    if gate:
+                        # Before the first write: a mapping that does not fit is refused
+                        # with nothing migrated.
+                        check_tables(connection, tenancy, source)
                     step(config, revision)
+                    if gate:
+                        gate_views.sync(connection, tenancy)
         except DBAPIError as exc:
             raise self._error(exc) from exc
         finally:
