@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateSchema
 
@@ -26,6 +26,7 @@ from worker.db import (
 from worker.errors import (
     DatabaseLockedError,
     MigrationCancelledError,
+    PolicyError,
     RunwardenError,
 )
 from worker.lifecycle.tenancy import check_tables
@@ -95,6 +96,12 @@ class Migration:
 
             policy = load_policy()
         self.policy = policy
+        if policy.gate_tenancy.host and make_url(url).get_backend_name() != "postgresql":
+            # Before anything is made, the SQLite file included.
+            raise PolicyError(
+                f"{policy.source or '<policy>'}: tenancy: an application's tables need "
+                "PostgreSQL (this is SQLite)"
+            )
         self.lock_timeout_seconds = lock_timeout_seconds
         self._guard = threading.Lock()
         self._cancelled = False

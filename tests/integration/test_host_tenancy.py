@@ -102,9 +102,7 @@ def test_host_tenancy__pass_and_dry_run_match_the_python_reference(host: HostDat
         now=now,
         age_seconds=3600,
     )
-    fresh = seed_host_runs(
-        host.engine, types=("inventory.sync",), now=now, spacing_seconds=0.01
-    )
+    fresh = seed_host_runs(host.engine, types=("inventory.sync",), now=now, spacing_seconds=0.01)
     reconciler = OperationLifecycleReconciler(host.policy, now=lambda: now)
     expected = parity._reference(host.engine, reconciler)
     assert sorted(expected) == sorted(stale)
@@ -146,9 +144,7 @@ def test_host_tenancy__task_start_gives_the_python_verdict(host: HostDatabase) -
             verdict = gate.evaluate(session, run)
             assert verdict.reason_code == expected_reason(run.tenant_id, run.user_id)
         with db.statement_session(host.engine) as session:
-            start = start_execution(
-                session, run_id, gate=gate, celery_task_id=task_id, retries=0
-            )
+            start = start_execution(session, run_id, gate=gate, celery_task_id=task_id, retries=0)
         seen.add(verdict.reason_code)
         if verdict.allowed:
             assert start.decision is StartDecision.STARTED, run_id
