@@ -31,6 +31,8 @@ from benchmarks.common import (
 from benchmarks.data import (
     DRAIN_KIND,
     DRAIN_STALE_SQL,
+    HOST_SCHEMA,
+    HOST_TENANCY,
     build_database,
     drain_stale_count,
     rows_checksum,
@@ -103,12 +105,18 @@ def sides(limit: int) -> list[Side]:
 
 
 def verify(
-    srv: Servers, database: str, output: Path, stale: int, untouched: tuple[int, str]
+    srv: Servers,
+    database: str,
+    output: Path,
+    stale: int,
+    untouched: tuple[int, str],
+    *,
+    schema: str | None = None,
 ) -> list[str]:
     """What is wrong after a drain (empty: nothing): every stale run failed once with one
     audit row and one change in the output, and no other run changed."""
     problems: list[str] = []
-    with srv.connect(database) as conn:
+    with srv.connect(database, schema) as conn:
         row = conn.execute(
             f"""SELECT count(*) FILTER (WHERE status = 'completed' AND outcome = 'failed'
                                        AND completed_at IS NOT NULL
@@ -139,7 +147,7 @@ def verify(
                 f"audit rows: {audit[0]} rows for {audit[1]} runs, {audit[2]} well-formed "
                 f"(want {stale} of each)"
             )
-    if rows_checksum(srv, database, f"NOT ({DRAIN_STALE_SQL})") != untouched:
+    if rows_checksum(srv, database, f"NOT ({DRAIN_STALE_SQL})", schema) != untouched:
         problems.append("runs that were not stale changed")
     try:
         document: dict[str, Any] = json.loads(output.read_text())
@@ -163,16 +171,21 @@ def verify(
     return problems
 
 
-SHAPES = ("distinct", "tied")
+#: ``host``: the ``distinct`` data with runwarden in its own schema and its gate on an
+#: application's organizations and people ([tenancy], read through the gate views); the
+#: floor drains the same data reading runwarden's own tenants and users.
+SHAPES = ("distinct", "tied", "host")
 
 
 def run(srv: Servers, scale: Scale) -> Result:
-    """Both data shapes (:data:`benchmarks.data.STALE_CREATED`); the goal holds on each.
-    Figures of the ``distinct`` shape keep their plain names, ``tied_`` prefixes the other."""
+    """Every data shape (:data:`benchmarks.data.STALE_CREATED`, and ``host``); the goal
+    holds on each. Figures of the ``distinct`` shape keep their plain names, the others'
+    are prefixed by their shape."""
     result = Result(
         "drain",
         f"runwarden reconcile --drain --json time / floor time <= {GOAL_RATIO}, "
-        "stale runs with distinct and with tied creation times",
+        "stale runs with distinct and with tied creation times, and with [tenancy] on in a "
+        "schema",
     )
     stale = drain_stale_count(scale.drain_total)
     result.figures.update({"runs_total": scale.drain_total, "runs_stale": stale, "repetitions": 0})
@@ -202,8 +215,19 @@ def _run_shape(
     work = WORK / "drain"
     work.mkdir(parents=True, exist_ok=True)
     policy = write_policy(work / "policy.toml")
-    build_database(srv, TEMPLATE, total=scale.drain_total, kind=DRAIN_KIND, shape=shape)
-    untouched = rows_checksum(srv, TEMPLATE, f"NOT ({DRAIN_STALE_SQL})")
+    host = shape == "host"
+    schema = HOST_SCHEMA if host else None
+    if host:
+        policy.write_text(policy.read_text() + HOST_TENANCY)
+    build_database(
+        srv,
+        TEMPLATE,
+        total=scale.drain_total,
+        kind=DRAIN_KIND,
+        shape="distinct" if host else shape,
+        host_policy=policy if host else None,
+    )
+    untouched = rows_checksum(srv, TEMPLATE, f"NOT ({DRAIN_STALE_SQL})", schema)
 
     timings: dict[str, list[float]] = {"floor": [], "runwarden": []}
     rss: dict[str, list[float]] = {"floor": [], "runwarden": []}
@@ -218,6 +242,7 @@ def _run_shape(
                 RUNWARDEN_DATABASE_URL=url,
                 RUNWARDEN_POLICY_FILE=str(policy),
                 RUNWARDEN_VAR_DIR=str(work / "var"),
+                **({"RUNWARDEN_DB_SCHEMA": schema} if schema else {}),
             )
             output = work / f"{side.name}.json"
             outcome: ProcessRun = run_process(side.argv, env=env, stdout_path=output)
@@ -230,7 +255,7 @@ def _run_shape(
                     log(f"  runwarden side: not available: {message}")
                     continue
                 raise RuntimeError(message)
-            problems = verify(srv, COPY, output, stale, untouched)
+            problems = verify(srv, COPY, output, stale, untouched, schema=schema)
             srv.drop_database(COPY)
             status = "verified" if not problems else "WRONG: " + "; ".join(problems)
             log(
@@ -276,8 +301,9 @@ def summary(result: Result) -> list[str]:
         floor = f.get(_key(shape, "floor_median_seconds"))
         if floor is None:
             continue
+        label = "host tenancy in a schema:" if shape == "host" else f"{shape} creation times:"
         lines.append(
-            f"{shape} creation times: floor median {floor} s "
+            f"{label} floor median {floor} s "
             f"({f.get(_key(shape, 'floor_runs_per_second')):,} runs/s) over "
             f"{f.get('repetitions')} runs"
         )

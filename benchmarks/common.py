@@ -137,8 +137,10 @@ class Servers:
     def admin(self) -> psycopg.Connection[Any]:
         return psycopg.connect(plain_url(self.postgres.url()), autocommit=True)
 
-    def connect(self, database: str) -> psycopg.Connection[Any]:
-        return psycopg.connect(plain_url(self.postgres.url(database)), autocommit=True)
+    def connect(self, database: str, schema: str | None = None) -> psycopg.Connection[Any]:
+        """``schema``: runwarden's own (RUNWARDEN_DB_SCHEMA) first on the search path."""
+        options = {"options": f"-c search_path={schema},public"} if schema else {}
+        return psycopg.connect(plain_url(self.postgres.url(database)), autocommit=True, **options)
 
     def create_database(self, name: str, template: str | None = None) -> str:
         with self.admin() as conn:

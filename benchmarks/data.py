@@ -181,34 +181,75 @@ def drain_stale_count(total: int) -> int:
     return total // 9
 
 
-def _migrate(url: str) -> None:
+#: The drain's "host" shape: runwarden in this schema of an application's database, its
+#: gate on the application's organizations and people ([tenancy]).
+HOST_SCHEMA = "runwarden"
+HOST_TENANCY = """
+[tenancy]
+tenants = { table = "public.organizations", id = "id", workspace_id = "account_id", \
+active = { column = "deleted_at", is_null = true } }
+users = { table = "public.people", id = "id", active = "is_active" }
+"""
+_HOST_TABLES = """
+CREATE TABLE public.organizations (id bigint PRIMARY KEY, account_id bigint NOT NULL,
+                                   name text NOT NULL, deleted_at timestamptz);
+CREATE TABLE public.people (id bigint PRIMARY KEY, email text NOT NULL,
+                            is_active boolean NOT NULL);
+"""
+# The application's rows are runwarden's own, copied: the same verdicts either way.
+_HOST_PARTIES = """
+INSERT INTO public.organizations
+SELECT id, workspace_id, name, CASE WHEN is_active THEN NULL ELSE created_at END
+FROM tenants;
+INSERT INTO public.people SELECT id, email, is_active FROM users;
+"""
+
+
+def _migrate(url: str, *, policy: Path | None = None, schema: str | None = None) -> None:
+    from worker.lifecycle.policy import load_policy
     from worker.migrate import upgrade
 
-    upgrade(url)
+    upgrade(url, schema=schema, policy=load_policy(policy) if policy else None)
 
 
 def build_database(
-    srv: Servers, name: str, *, total: int, kind: str, shape: str = "distinct"
+    srv: Servers,
+    name: str,
+    *,
+    total: int,
+    kind: str,
+    shape: str = "distinct",
+    host_policy: Path | None = None,
 ) -> str:
     """A migrated database ``name`` holding ``total`` generated runs; returns its URL.
-    ``shape`` names the stale runs' creation times (:data:`STALE_CREATED`)."""
+    ``shape`` names the stale runs' creation times (:data:`STALE_CREATED`). With
+    ``host_policy`` (a policy with :data:`HOST_TENANCY`), runwarden lives in
+    :data:`HOST_SCHEMA` beside the application's organizations and people."""
     url = srv.create_database(name)
-    _migrate(url)
-    with srv.connect(name) as conn:
+    schema = HOST_SCHEMA if host_policy else None
+    if host_policy:
+        with srv.connect(name) as conn:
+            conn.execute(_HOST_TABLES)
+    _migrate(url, policy=host_policy, schema=schema)
+    with srv.connect(name, schema) as conn:
         conn.execute(_PARTIES.format(workers=WORKERS))
         conn.execute(
             _RUNS.format(
                 total=total, kind=kind, stale_created=STALE_CREATED[shape], workers=WORKERS
             )
         )
+        if host_policy:
+            conn.execute(_HOST_PARTIES)
         conn.execute("VACUUM (ANALYZE)")
     log(f"  generated {total:,} runs in database {name} ({shape} stale creation times)")
     return url
 
 
-def rows_checksum(srv: Servers, database: str, predicate: str) -> tuple[int, str]:
+def rows_checksum(
+    srv: Servers, database: str, predicate: str, schema: str | None = None
+) -> tuple[int, str]:
     """Row count and md5 of every column of every run matching ``predicate``."""
-    with srv.connect(database) as conn:
+    with srv.connect(database, schema) as conn:
         row = conn.execute(
             "SELECT count(*), md5(string_agg(r::text, ',' ORDER BY r.id)) "
             f"FROM operation_runs AS r WHERE {predicate}"

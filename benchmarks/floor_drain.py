@@ -21,7 +21,8 @@ benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
 * every change object built in the same statement and printed as one JSON document with
   the sums and ``passes`` (streamed pass by pass: the changes first, then the sums).
 
-Reads ``RUNWARDEN_DATABASE_URL`` and ``RUNWARDEN_POLICY_FILE`` like runwarden does.
+Reads ``RUNWARDEN_DATABASE_URL``, ``RUNWARDEN_DB_SCHEMA`` and ``RUNWARDEN_POLICY_FILE``
+like runwarden does (not the policy's ``[tenancy]``: the floor reads runwarden's own tables).
 Usage: ``python benchmarks/floor_drain.py [--limit 500] [--source on_demand_reconciler]``.
 """
 
@@ -252,7 +253,13 @@ def main() -> int:
     # Streamed: each pass's changes are written as they come, the sums after them, so the
     # process never holds the whole backlog.
     out.write('{"changes": [')
-    with psycopg.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
+    options = "-c TimeZone=UTC"
+    schema = os.environ.get("RUNWARDEN_DB_SCHEMA")
+    if schema:
+        # runwarden's tables in their own schema (the drain's "host" shape); the floor
+        # reads runwarden's own tenants and users there: no mapping, no views.
+        options += f" -c search_path={schema}"
+    with psycopg.connect(url, autocommit=True, options=options) as conn:
         while True:
             # One statement, one transaction per pass.
             params = {

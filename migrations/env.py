@@ -13,10 +13,14 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    # runwarden's schema (RUNWARDEN_DB_SCHEMA) is the connection's whole search_path
+    # (worker.db.build_engine), so every table and index lands there unqualified; the
+    # version table is named with it too, as alembic checks it by schema.
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         version_table=VERSION_TABLE,
+        version_table_schema=config.attributes.get("schema"),
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
     )

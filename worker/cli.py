@@ -16,6 +16,7 @@ from worker.settings import get_settings
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from worker.lifecycle.policy import LifecyclePolicy
     from worker.lifecycle.reconciler import OperationLifecycleReconciler, ReconcileOptions
 
 
@@ -93,14 +94,16 @@ def migrate() -> None:
 # -- lifecycle commands: click in, lifecycle call, text or JSON out -----------------------
 
 
-def _database(*, create: bool) -> Engine:
-    """The configured database, checked to have runwarden's tables. ``create=False`` for
-    the commands that only read: a missing SQLite file is an error, not made on the way."""
-    from worker.db import check_migrated, get_engine
+def _database(*, create: bool, policy: LifecyclePolicy) -> Engine:
+    """The configured database, checked to have runwarden's tables and the gate views of
+    ``policy``'s tenancy. ``create=False`` for the commands that only read: a missing
+    SQLite file is an error, not made on the way."""
+    from worker.db import check_gate, check_migrated, get_engine
 
     url = get_settings().resolved_database_url
     engine = get_engine(url, create=create)
     check_migrated(engine, url)
+    check_gate(engine, url, policy)
     return engine
 
 
@@ -181,7 +184,7 @@ def reconcile(
         source=ON_DEMAND_SOURCE,
     )
     reconciler = _reconciler()
-    engine = _database(create=not dry_run)
+    engine = _database(create=not dry_run, policy=reconciler.policy)
     if drain and as_json:
         _stream_drain_json(reconciler, engine, options)
         return
@@ -245,7 +248,7 @@ def runs(
     from worker.lifecycle.policy import load_policy
 
     policy = load_policy()
-    with read_session(_database(create=False)) as session:
+    with read_session(_database(create=False, policy=policy)) as session:
         listed = list_runs(
             session,
             policy,
@@ -290,7 +293,7 @@ def explain(run_id: int, as_json: bool) -> None:
     from worker.errors import RunNotFoundError
 
     reconciler = _reconciler()
-    with read_session(_database(create=False)) as session:
+    with read_session(_database(create=False, policy=reconciler.policy)) as session:
         run = session.get(OperationRun, run_id)
         if run is None:
             raise RunNotFoundError(f"no operation run has id {run_id}")
@@ -339,11 +342,11 @@ def workers(limit: int, as_json: bool) -> None:
     from worker.lifecycle.liveness import list_workers
     from worker.lifecycle.policy import load_policy
 
-    workers_policy = load_policy().workers
-    with read_session(_database(create=False)) as session:
+    effective = load_policy()
+    with read_session(_database(create=False, policy=effective)) as session:
         now = database_now(session)
         listed = [
-            worker.to_dict(workers_policy, now, running)
+            worker.to_dict(effective.workers, now, running)
             for worker, running in list_workers(session, limit=limit)
         ]
     if as_json:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, quote_plus
 
 from sqlalchemy import Engine, create_engine, event, inspect, make_url
@@ -32,17 +32,21 @@ from sqlalchemy.orm import Session
 from migrations import VERSION_TABLE
 from models.types import sqlite_timestamp
 from worker.errors import (
+    ConfigurationError,
     DatabaseMissingError,
     DatabaseNotMigratedError,
     DatabaseUnavailableError,
 )
 from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, check_schema_name, get_settings
+
+if TYPE_CHECKING:
+    from worker.lifecycle.policy import LifecyclePolicy
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
 #: How long :func:`interrupt` may take to deliver PostgreSQL's cancel request.
 _CANCEL_TIMEOUT_SECONDS = 2.0
-_engines: dict[tuple[int, str, bool], Engine] = {}
+_engines: dict[tuple[int, str, bool, str | None], Engine] = {}
 _lock = threading.Lock()
 
 
@@ -75,8 +79,29 @@ def _sqlite_now() -> str:
     return sqlite_timestamp(datetime.now(UTC))
 
 
-def build_engine(url: str, settings: Settings | None = None, *, create: bool = True) -> Engine:
+class FromSettings:
+    """The schema the settings name (``RUNWARDEN_DB_SCHEMA``)."""
+
+
+FROM_SETTINGS: Final = FromSettings()
+
+
+def build_engine(
+    url: str,
+    settings: Settings | None = None,
+    *,
+    create: bool = True,
+    schema: str | FromSettings | None = FROM_SETTINGS,
+) -> Engine:
     """A new engine for ``url`` with runwarden's per-backend configuration.
+
+    ``schema`` (PostgreSQL; default: the settings' ``db_schema``) is every connection's
+    whole ``search_path``: each unqualified name runwarden's statements use -- its
+    tables, the named SQL, alembic's -- resolves there and nowhere else, so the same
+    statements run under any schema, and none can reach an application's table of the
+    same name. It is set in the connection's start-up packet, not by a statement after
+    connecting: SQLAlchemy reads ``current_schema()`` (its default schema, which the
+    inspector and alembic compare with) before a ``connect`` event could set it.
 
     ``create=False`` is for commands that only read, and creates nothing: a SQLite file
     that does not exist is :class:`DatabaseMissingError` (its directory is not made), the
@@ -87,6 +112,8 @@ def build_engine(url: str, settings: Settings | None = None, *, create: bool = T
     settings = settings or get_settings()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if schema is not None and not isinstance(schema, FromSettings):
+            raise ConfigurationError("RUNWARDEN_DB_SCHEMA: a schema is for PostgreSQL, not SQLite")
         connect_args: dict[str, Any] = {"timeout": settings.sqlite_busy_timeout_seconds}
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -107,19 +134,31 @@ def build_engine(url: str, settings: Settings | None = None, *, create: bool = T
         engine = create_engine(parsed, connect_args=connect_args)
         _configure_sqlite(engine, settings.sqlite_busy_timeout_seconds, writes=create)
         return engine
+    if isinstance(schema, FromSettings):
+        schema = settings.db_schema
     connect_args = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 5
         # Timestamps rendered by the database (evidence built in SQL) read as UTC.
-        connect_args["options"] = "-c TimeZone=UTC"
+        options = ["-c TimeZone=UTC"]
+        if schema is not None:
+            # Validated here too (a caller may pass one): a plain identifier has nothing
+            # libpq's options or the GUC parser would read as a separator or a quote.
+            try:
+                check_schema_name(schema)
+            except ValueError as exc:
+                raise ConfigurationError(f"RUNWARDEN_DB_SCHEMA: {exc}") from None
+            options.append(f"-c search_path={schema}")
+        connect_args["options"] = " ".join(options)
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def get_engine(url: str | None = None, *, create: bool = True) -> Engine:
     """This process's engine for ``url`` (default: the configured database); ``create``
     as in :func:`build_engine`, each kind cached on its own."""
-    url = url or get_settings().resolved_database_url
-    key = (os.getpid(), url, create)
+    settings = get_settings()
+    url = url or settings.resolved_database_url
+    key = (os.getpid(), url, create, settings.db_schema)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -263,6 +302,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "OperationalError",
     "build_engine",
+    "check_gate",
     "check_migrated",
     "describe_url",
     "dispose_engines",
@@ -292,3 +332,15 @@ def check_migrated(engine: Engine, url: str) -> None:
         raise DatabaseNotMigratedError(
             f"database {describe_url(url)} has no runwarden tables: run `runwarden migrate`"
         )
+
+
+def check_gate(engine: Engine, url: str, policy: LifecyclePolicy) -> None:
+    """The legitimacy gate can read what ``policy`` maps (worker.lifecycle.tenancy): its
+    tables and columns exist, and the gate views are the ones ``migrate`` builds for it."""
+    from worker.lifecycle.tenancy import check_gate as check
+
+    try:
+        with engine.connect() as connection:
+            check(connection, policy.gate_tenancy, policy.source or "<policy>")
+    except DBAPIError as exc:
+        raise unavailable(exc, url) from exc

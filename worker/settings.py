@@ -3,12 +3,13 @@ lifecycle policy file it names, each loaded once per process."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
@@ -21,6 +22,20 @@ DATABASE_BACKENDS = ("sqlite", "postgresql")
 #: Celery broker schemes that are Redis: the reconciliation lock (worker/locks.py) needs
 #: Redis, and kombu has no ``socket://`` or ``unix://`` transport (``redis+socket://`` is it).
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket")
+#: A schema name runwarden accepts: a plain PostgreSQL identifier that needs no quoting
+#: anywhere (search_path, DDL, messages), at most PostgreSQL's 63 bytes.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_schema_name(value: str) -> str:
+    """``value`` when it is a schema name runwarden accepts, else ValueError saying why."""
+    if not SCHEMA_NAME.fullmatch(value):
+        shown = value if value.isprintable() and len(value) <= 80 else f"{value[:80]!r}..."
+        raise ValueError(
+            f"{shown!r} is not a plain schema name (lower-case letters, digits and _, "
+            "not starting with a digit, at most 63 characters)"
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -30,6 +45,9 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     #: SQLAlchemy URL. Default: a SQLite file under ``var_dir``.
     database_url: str | None = None
+    #: PostgreSQL schema that holds every runwarden table (created by ``migrate``).
+    #: Default: none, the database's default schema (``public``), as before.
+    db_schema: str | None = None
     #: Celery broker. Default: the embedded Redis that ``runwarden up`` starts.
     broker_url: str | None = None
     #: Celery result backend. Default: the broker.
@@ -50,7 +68,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("database_url", "broker_url", "result_backend", mode="before")
+    @field_validator("database_url", "broker_url", "result_backend", "db_schema", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -74,6 +92,22 @@ class Settings(BaseSettings):
     def _database_url_supported(cls, value: str | None) -> str | None:
         if value is not None:
             _check_database_url(value)
+        return value
+
+    @field_validator("db_schema")
+    @classmethod
+    def _db_schema_is_plain(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        check_schema_name(value)
+        if "database_url" not in info.data:
+            return value  # the URL itself was refused: that is the error to report
+        url = info.data["database_url"]
+        if url is None or not url.lower().startswith("postgresql"):
+            raise ValueError(
+                "a schema is for PostgreSQL; the database is SQLite "
+                "(set RUNWARDEN_DATABASE_URL to a postgresql+psycopg:// URL, or unset this)"
+            )
         return value
 
     @field_validator("broker_url")

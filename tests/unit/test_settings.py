@@ -105,3 +105,27 @@ def test_settings__var_dir_on_a_file_names_the_variable(
         get_settings()
     assert raised.value.message.startswith("RUNWARDEN_VAR_DIR: ")
     assert f"{a_file} is not a directory" in raised.value.message
+
+
+def test_settings__db_schema__a_plain_identifier_with_postgresql(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RUNWARDEN_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("RUNWARDEN_DB_SCHEMA", "_runwarden_2" + "x" * 51)
+    assert get_settings().db_schema == "_runwarden_2" + "x" * 51
+    get_settings.cache_clear()
+    monkeypatch.setenv("RUNWARDEN_DB_SCHEMA", " ")
+    assert get_settings().db_schema is None
+
+
+@pytest.mark.parametrize("schema", ["Public", "a-b", "1a", "a.b", "a" * 64, '"a"', "a b"])
+def test_settings__db_schema__anything_else_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, schema: str
+) -> None:
+    monkeypatch.setenv("RUNWARDEN_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("RUNWARDEN_DB_SCHEMA", schema)
+    with pytest.raises(ConfigurationError) as raised:
+        get_settings()
+    assert raised.value.message.startswith("RUNWARDEN_DB_SCHEMA: ")
+    assert "not a plain schema name" in raised.value.message
+    assert raised.value.exit_code == 2

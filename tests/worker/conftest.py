@@ -351,7 +351,8 @@ def live_worker(
     workdir = Path(tempfile.mkdtemp(prefix="rw-worker-"))
     executions = workdir / "executions"
     executions.mkdir()
-    engine = db.build_engine(worker_db_url)
+    # A module may put runwarden in a schema (RUNWARDEN_DB_SCHEMA in its worker's env).
+    engine = db.build_engine(worker_db_url, schema=worker_extra_env.get("RUNWARDEN_DB_SCHEMA"))
     worker = LiveWorker(
         backend=worker_backend,
         db_url=worker_db_url,
@@ -380,6 +381,8 @@ def live(live_worker: LiveWorker, monkeypatch: pytest.MonkeyPatch) -> Iterator[L
     monkeypatch.setenv("RUNWARDEN_BROKER_URL", live_worker.broker_url)
     monkeypatch.setenv("RUNWARDEN_RESULT_BACKEND", live_worker.backend_url)
     monkeypatch.setenv("RUNWARDEN_POLICY_FILE", str(live_worker.policy_file))
+    if "RUNWARDEN_DB_SCHEMA" in live_worker.extra_env:
+        monkeypatch.setenv("RUNWARDEN_DB_SCHEMA", live_worker.extra_env["RUNWARDEN_DB_SCHEMA"])
     get_settings.cache_clear()
     yield live_worker
     get_settings.cache_clear()

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
-from models import OperationRun, RunStatus, Tenant, User
+from models import OperationRun, RunStatus
 from models.types import is_id
 from worker.lifecycle.evidence import dumps
 from worker.lifecycle.freshness import RUN_SNAPSHOT_COLUMNS, RunSnapshot
@@ -30,6 +30,7 @@ from worker.lifecycle.gate import (
     TenantFacts,
 )
 from worker.lifecycle.sql import statement
+from worker.lifecycle.tenancy import gate_tenants, gate_users
 from worker.lifecycle.transitions import block, dialect_of
 
 GATE_SOURCE = "legitimacy_gate"
@@ -42,13 +43,13 @@ _START_QUERY = (
         *_RUN_COLUMNS,
         OperationRun.attempts,
         OperationRun.celery_task_id,
-        Tenant.id,
-        Tenant.workspace_id,
-        Tenant.is_active,
-        User.is_active,
+        gate_tenants.c.id,
+        gate_tenants.c.workspace_id,
+        gate_tenants.c.is_active,
+        gate_users.c.is_active,
     )
-    .outerjoin(Tenant, Tenant.id == OperationRun.tenant_id)
-    .outerjoin(User, User.id == OperationRun.user_id)
+    .outerjoin(gate_tenants, gate_tenants.c.id == OperationRun.tenant_id)
+    .outerjoin(gate_users, gate_users.c.id == OperationRun.user_id)
     .where(OperationRun.id == bindparam("run_id"))
 )
 

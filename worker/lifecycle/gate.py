@@ -16,10 +16,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import RunStatus, Tenant, User
+from models import RunStatus
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
+from worker.lifecycle.tenancy import gate_tenants, gate_users
 
 # Check name -> the reason a failed check blocks with, in the order they are reported:
 # the first failing check names the reason.
@@ -82,15 +83,19 @@ class QueuedExecutionLegitimacyGate:
         user_ids = {r.user_id for r in runs if r.user_id is not None}
         tenants: dict[int, TenantFacts] = {}
         if tenant_ids:
+            # The gate views, as the named statements read them: runwarden's own tables or
+            # the application's ([tenancy]).
             rows = session.execute(
-                select(Tenant.id, Tenant.workspace_id, Tenant.is_active).where(
-                    Tenant.id.in_(tenant_ids)
-                )
+                select(
+                    gate_tenants.c.id, gate_tenants.c.workspace_id, gate_tenants.c.is_active
+                ).where(gate_tenants.c.id.in_(tenant_ids))
             )
             tenants = {row.id: TenantFacts(row.workspace_id, bool(row.is_active)) for row in rows}
         users: dict[int, bool] = {}
         if user_ids:
-            rows_u = session.execute(select(User.id, User.is_active).where(User.id.in_(user_ids)))
+            rows_u = session.execute(
+                select(gate_users.c.id, gate_users.c.is_active).where(gate_users.c.id.in_(user_ids))
+            )
             users = {row.id: bool(row.is_active) for row in rows_u}
         return {run.id: self._evaluate_with(run, tenants, users) for run in runs}
 

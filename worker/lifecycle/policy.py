@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import PolicyError
+from worker.lifecycle.tenancy import OWN_TENANCY, Tenancy, parse_tenancy
 
 _Fail = Callable[[str, str], PolicyError]
 
@@ -42,7 +43,7 @@ MIN_BEATS_BEFORE_LOST = 3
 MAX_HEARTBEAT_INTERVAL_SECONDS = 3_600
 MAX_LOST_AFTER_SECONDS = 86_400
 
-_SECTIONS = frozenset({"reconciliation", "workers", "types"})
+_SECTIONS = frozenset({"reconciliation", "workers", "types", "tenancy"})
 _RECONCILIATION_KEYS = frozenset({"batch_limit", "interval_seconds"})
 _WORKERS_KEYS = frozenset({"heartbeat_interval_seconds", "lost_after_seconds"})
 _REQUIRED_TYPE_KEYS = ("queued_stale_after_seconds", "running_stale_after_seconds")
@@ -81,6 +82,8 @@ class LifecyclePolicy:
     batch_limit: int = DEFAULT_BATCH_LIMIT
     types: tuple[TypePolicy, ...] = ()
     workers: WorkerPolicy = WorkerPolicy()
+    #: The application's tables the gate reads ([tenancy]); None: runwarden's own.
+    tenancy: Tenancy | None = None
     #: Where the policy came from, for messages (``None``: built in code).
     source: str | None = None
     _by_name: dict[str, TypePolicy] = field(init=False, repr=False, compare=False, hash=False)
@@ -88,10 +91,16 @@ class LifecyclePolicy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {t.name: t for t in self.types})
 
+    @property
+    def gate_tenancy(self) -> Tenancy:
+        """Where the legitimacy gate reads tenants and users."""
+        return self.tenancy or OWN_TENANCY
+
     def to_dict(self) -> dict[str, Any]:
         """The effective policy: every key with its value, defaults filled in, types by
-        name -- what ``runwarden policy`` prints and :attr:`sha256` hashes."""
-        return {
+        name -- what ``runwarden policy`` prints and :attr:`sha256` hashes. ``tenancy``
+        only when set: a policy without it keeps the hash it had before there was one."""
+        effective = {
             "reconciliation": {
                 "batch_limit": self.batch_limit,
                 "interval_seconds": self.interval_seconds,
@@ -110,6 +119,9 @@ class LifecyclePolicy:
                 for t in sorted(self.types, key=lambda t: t.name)
             },
         }
+        if self.tenancy is not None:
+            effective["tenancy"] = self.tenancy.to_dict()
+        return effective
 
     def to_toml(self) -> str:
         """:meth:`to_dict` as a policy file: loading it gives this policy (same hash)."""
@@ -120,6 +132,9 @@ class LifecyclePolicy:
                     # A TOML basic string takes JSON's escapes.
                     lines += ["", f"[types.{json.dumps(name)}]"]
                     lines += [f"{key} = {_toml_value(value)}" for key, value in keys.items()]
+            elif section == "tenancy":
+                lines += ["", "[tenancy]"]
+                lines += [f"{key} = {_toml_inline(entry)}" for key, entry in values.items()]
             else:
                 lines += ["", f"[{section}]"]
                 lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
@@ -172,7 +187,17 @@ class LifecyclePolicy:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string takes JSON's escapes
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _toml_inline(value: dict[str, Any]) -> str:
+    items = (
+        f"{key} = {_toml_inline(v) if isinstance(v, dict) else _toml_value(v)}"
+        for key, v in value.items()
+    )
+    return "{ " + ", ".join(items) + " }"
 
 
 def load_policy(path: Path | None = None) -> LifecyclePolicy:
@@ -207,7 +232,10 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
 
     for key in document:
         if key not in _SECTIONS:
-            raise fail(_quote(key), "unknown key (expected 'reconciliation', 'workers' or 'types')")
+            raise fail(
+                _quote(key),
+                "unknown key (expected 'reconciliation', 'workers', 'types' or 'tenancy')",
+            )
 
     reconciliation = _table(document, "reconciliation", "reconciliation", fail)
     for key in reconciliation:
@@ -260,11 +288,13 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
             )
         )
 
+    tenancy = parse_tenancy(document["tenancy"], fail) if "tenancy" in document else None
     return LifecyclePolicy(
         interval_seconds=interval_seconds,
         batch_limit=batch_limit,
         types=tuple(type_policies),
         workers=workers,
+        tenancy=tenancy,
         source=source,
     )
 

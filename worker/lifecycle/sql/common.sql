@@ -35,12 +35,12 @@ WHERE id = :run_id
   AND (status = 'queued' OR (:retries > 0 AND status = 'running'))
   AND type IN (SELECT key FROM json_each(:covered_types))
   AND (tenant_id IS NULL OR EXISTS (
-        SELECT 1 FROM tenants AS t
+        SELECT 1 FROM runwarden_gate_tenants AS t
         WHERE t.id = operation_runs.tenant_id
           AND t.is_active
           AND t.workspace_id = operation_runs.workspace_id))
   AND (user_id IS NULL OR EXISTS (
-        SELECT 1 FROM users AS u WHERE u.id = operation_runs.user_id AND u.is_active))
+        SELECT 1 FROM runwarden_gate_users AS u WHERE u.id = operation_runs.user_id AND u.is_active))
 RETURNING id, type, workspace_id, tenant_id, user_id, context;
 
 -- name: heartbeat

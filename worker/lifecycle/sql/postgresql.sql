@@ -76,8 +76,8 @@ WITH clock AS (
                AS tenant_in_workspace,
            c.user_id IS NULL OR COALESCE(u.is_active, false) AS user_active
     FROM candidates AS c
-    LEFT JOIN tenants AS t ON t.id = c.tenant_id
-    LEFT JOIN users AS u ON u.id = c.user_id
+    LEFT JOIN runwarden_gate_tenants AS t ON t.id = c.tenant_id
+    LEFT JOIN runwarden_gate_users AS u ON u.id = c.user_id
 ), assessed AS (
     SELECT g.*,
            CASE WHEN g.lost_now THEN CAST(:worker_lost AS text)
