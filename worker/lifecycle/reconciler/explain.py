@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGat
 from worker.lifecycle.listing import run_to_dict
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler.assessment import Assessment, assess, stale_reason
+from worker.lifecycle.terminal import TerminalRecord, audit_rows, terminal_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,10 @@ class RunExplanation:
     execution_legitimacy: LegitimacyResult
     assessment: Assessment | None
     reconciliation: Mapping[str, Any] | None
+    #: the record that ended a completed run (None: not completed, or ended by its task)
+    terminal: TerminalRecord | None = None
+    #: the run's audit rows, oldest first
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +56,8 @@ class RunExplanation:
             "execution_legitimacy": self.execution_legitimacy.to_dict(),
             "assessment": self.assessment.to_dict() if self.assessment else None,
             "reconciliation": dict(self.reconciliation) if self.reconciliation else None,
+            "terminal": self.terminal.to_dict() if self.terminal else None,
+            "audit": list(self.audit),
         }
 
 
@@ -72,6 +79,7 @@ def explain(
         else None
     )
     assessment = assess(run, policy, now, legitimacy)
+    terminal = terminal_record(run)
     why = _why(
         run,
         policy=policy,
@@ -80,6 +88,7 @@ def explain(
         stale_after=stale_after,
         now=now,
         reconciliation=reconciliation,
+        terminal=terminal,
     )
     return RunExplanation(
         run=run_to_dict(run, freshness),
@@ -92,6 +101,8 @@ def explain(
         execution_legitimacy=legitimacy,
         assessment=assessment,
         reconciliation=reconciliation if isinstance(reconciliation, Mapping) else None,
+        terminal=terminal,
+        audit=audit_rows(session, run.id),
     )
 
 
@@ -104,6 +115,7 @@ def _why(
     stale_after: datetime | None,
     now: datetime,
     reconciliation: Any,
+    terminal: TerminalRecord | None = None,
 ) -> str:
     if freshness is OperationRunFreshnessState.RECONCILED_FAILED:
         record = reconciliation if isinstance(reconciliation, Mapping) else {}
@@ -112,8 +124,17 @@ def _why(
             f"{record.get('source')} at {record.get('reconciled_at')}; "
             "a completed run is never changed again"
         )
+    if run.status == RunStatus.COMPLETED and terminal is not None:
+        return (
+            f"completed with outcome {run.outcome}: {terminal.reason_code} by "
+            f"{terminal.source} at {terminal.recorded_at} ({terminal.reason_message}); "
+            "a completed run is never changed again"
+        )
     if run.status == RunStatus.COMPLETED:
-        return f"completed with outcome {run.outcome}; a completed run is never changed again"
+        return (
+            f"completed with outcome {run.outcome} reported by its task; "
+            "a completed run is never changed again"
+        )
     if not policy.supports(run.type):
         return (
             f"type {run.type!r} is not covered by the lifecycle policy; "

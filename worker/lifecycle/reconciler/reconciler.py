@@ -76,10 +76,12 @@ class OperationLifecycleReconciler:
         *,
         max_passes: int | None = None,
         budget_seconds: float | None = None,
+        on_pass: Callable[[int, int], None] | None = None,
     ) -> DrainResult:
         """Passes, each its own transaction, until one reconciles nothing (or the pass or
         time budget is spent). ``limit`` is the size of each pass. Holds every change;
-        :meth:`iter_passes` streams them instead."""
+        :meth:`iter_passes` streams them instead. ``on_pass(passes, reconciled)`` is
+        called with the sums so far after each pass (the CLI's progress line)."""
         candidates = reconciled = skipped = passes = 0
         pieces: list[str] = []
         for result in self.iter_passes(
@@ -92,6 +94,8 @@ class OperationLifecycleReconciler:
             items = result.changes_json_items()
             if items:
                 pieces.append(items)
+            if on_pass is not None:
+                on_pass(passes, reconciled)
         return DrainResult(
             candidates, reconciled, skipped, changes_json=f"[{','.join(pieces)}]", passes=passes
         )
