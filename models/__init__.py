@@ -11,6 +11,7 @@ from models.enums import (
 )
 from models.operation_run import OperationRun
 from models.tenancy import Tenant, User, Workspace
+from models.tick import Tick
 from models.types import UtcDateTime, utcnow
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "RunOutcome",
     "RunStatus",
     "Tenant",
+    "Tick",
     "User",
     "UtcDateTime",
     "Workspace",

@@ -427,8 +427,16 @@ def policy(as_json: bool) -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Worker log level (default: RUNWARDEN_LOG_LEVEL).",
 )
-def up(concurrency: int | None, loglevel: str | None) -> None:
-    """Run the service: migrate, embedded Redis if no broker is set, worker + beat.
+@click.option("--no-web", is_flag=True, help="Do not start the web console.")
+@click.option("--web-host", default="127.0.0.1", show_default=True, help="The console's address.")
+@click.option(
+    "--web-port", type=click.IntRange(1, 65535), default=5580, show_default=True, help="Its port."
+)
+def up(
+    concurrency: int | None, loglevel: str | None, no_web: bool, web_host: str, web_port: int
+) -> None:
+    """Run the service: migrate, embedded Redis if no broker is set, worker + beat, and
+    the web console (on 127.0.0.1:5580 unless told otherwise).
 
     Stops everything it started on Ctrl-C or SIGTERM.
     """
@@ -437,7 +445,32 @@ def up(concurrency: int | None, loglevel: str | None) -> None:
 
     settings = get_settings()
     configure_root(log_format=settings.log_format, level=settings.log_level)
-    sys.exit(run_up(settings, concurrency=concurrency, loglevel=loglevel))
+    sys.exit(
+        run_up(
+            settings,
+            concurrency=concurrency,
+            loglevel=loglevel,
+            web=not no_web,
+            web_host=web_host,
+            web_port=web_port,
+        )
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=5580, show_default=True, help="TCP port."
+)
+def web(host: str, port: int) -> None:
+    """The web console, JSON API and /metrics. Beyond loopback it needs
+    RUNWARDEN_WEB_TOKEN, which every page, API call and /metrics then requires."""
+    from worker.logs import configure_root
+    from worker.web.server import serve
+
+    settings = get_settings()
+    configure_root(log_format=settings.log_format, level=settings.log_level)
+    serve(settings, host=host, port=port)
 
 
 @main.command()

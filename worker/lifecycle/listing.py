@@ -93,10 +93,12 @@ def list_runs(
     if freshness is None:
         statement = statement.limit(limit)
     listed: list[dict[str, Any]] = []
-    for run in session.scalars(statement.execution_options(yield_per=_CHUNK)):
-        state = OperationRunFreshnessState.for_run(run, policy, now)
-        if freshness is None or state is freshness:
-            listed.append(run_to_dict(run, state))
-            if len(listed) >= limit:
-                break
+    # Closed when done: stopping at ``limit`` leaves PostgreSQL's server-side cursor open.
+    with session.execute(statement.execution_options(yield_per=_CHUNK)) as result:
+        for run in result.scalars():
+            state = OperationRunFreshnessState.for_run(run, policy, now)
+            if freshness is None or state is freshness:
+                listed.append(run_to_dict(run, state))
+                if len(listed) >= limit:
+                    break
     return listed

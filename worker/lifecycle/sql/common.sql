@@ -60,3 +60,17 @@ WHERE id = :run_id
   AND status = 'running'
   AND attempts = :attempt
   AND celery_task_id = :celery_task_id;
+
+-- name: record_tick
+-- A periodic task (:name) finished: its row in runwarden_ticks says when, on the database's clock, and what it did.
+INSERT INTO runwarden_ticks (name, ticked_at, passes, candidates, reconciled, skipped,
+                             duration_ms)
+VALUES (:name, COALESCE(:now, now()), :passes, :candidates, :reconciled, :skipped,
+        :duration_ms)
+ON CONFLICT (name) DO UPDATE SET
+    ticked_at = excluded.ticked_at,
+    passes = excluded.passes,
+    candidates = excluded.candidates,
+    reconciled = excluded.reconciled,
+    skipped = excluded.skipped,
+    duration_ms = excluded.duration_ms;
