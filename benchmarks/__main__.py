@@ -21,10 +21,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from benchmarks import bench_bridge, bench_drain, bench_idle, bench_latency
+from benchmarks import bench_bridge, bench_console, bench_drain, bench_idle, bench_latency
 from benchmarks.common import REPO, WORK, Result, Scale, Servers, log, machine, servers, versions
 
-NAMES = ("idle", "drain", "bridge", "latency")
+NAMES = ("idle", "drain", "bridge", "latency", "console")
 GOAL_RSS_MB = 150.0
 HERE = REPO / "benchmarks"
 
@@ -87,6 +87,8 @@ def _run_one(name: str, srv: Servers, scale: Scale, memory: dict[str, Any]) -> R
     if name == "bridge":
         result, memory["bridge_worker"] = bench_bridge.run(srv, scale)
         return result
+    if name == "console":
+        return bench_console.run(srv, scale)
     result, memory["service_worker"], memory["service"] = bench_latency.run(srv, scale)
     return result
 
@@ -105,6 +107,7 @@ SUMMARIES: dict[str, Callable[[Result], list[str]]] = {
     "drain": bench_drain.summary,
     "bridge": bench_bridge.summary,
     "latency": bench_latency.summary,
+    "console": bench_console.summary,
 }
 
 
@@ -198,7 +201,7 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "```sh",
         "make bench                                   # = .venv/bin/python -m benchmarks",
         ".venv/bin/python -m benchmarks --quick       # small data, for development",
-        ".venv/bin/python -m benchmarks --only drain  # one benchmark (idle drain bridge latency)",
+        ".venv/bin/python -m benchmarks --only drain  # one benchmark (idle ... console)",
         "```",
         "",
         "The suite starts its own PostgreSQL (Debian `postgresql`) and Redis (`redis-server`)",
@@ -225,6 +228,10 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "- **latency**: `runwarden up` (worker + embedded beat, interval 5 s); runs inserted",
         "  running whose thresholds pass at staggered moments; latency = `completed_at -",
         "  (started_at + threshold)` from each row.",
+        "- **console**: in-process requests to the console's ASGI app (FastAPI's test",
+        "  client) for `/metrics` and the overview page, alternating between 10,000 and",
+        "  1,000,000 terminal runs (200 fresh non-terminal runs in both, one audit row per",
+        "  failed terminal run); p50 of each side after a warm-up.",
         "- **memory**: `ru_maxrss` of the drain process (spawned through",
         "  `benchmarks/launcher.py` so the benchmark's own RSS is not inherited) and VmRSS /",
         "  VmHWM of the idle worker main processes.",
