@@ -21,10 +21,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from benchmarks import bench_bridge, bench_drain, bench_idle, bench_latency, bench_liveness
+from benchmarks import (
+    bench_bridge,
+    bench_console,
+    bench_drain,
+    bench_idle,
+    bench_latency,
+    bench_liveness,
+)
 from benchmarks.common import REPO, WORK, Result, Scale, Servers, log, machine, servers, versions
 
-NAMES = ("idle", "drain", "bridge", "latency", "liveness")
+NAMES = ("idle", "drain", "bridge", "latency", "liveness", "console")
 GOAL_RSS_MB = 150.0
 HERE = REPO / "benchmarks"
 
@@ -89,6 +96,8 @@ def _run_one(name: str, srv: Servers, scale: Scale, memory: dict[str, Any]) -> R
         return result
     if name == "liveness":
         return bench_liveness.run(srv, scale)
+    if name == "console":
+        return bench_console.run(srv, scale)
     result, memory["service_worker"], memory["service"] = bench_latency.run(srv, scale)
     return result
 
@@ -108,6 +117,7 @@ SUMMARIES: dict[str, Callable[[Result], list[str]]] = {
     "bridge": bench_bridge.summary,
     "latency": bench_latency.summary,
     "liveness": bench_liveness.summary,
+    "console": bench_console.summary,
 }
 
 
@@ -202,7 +212,7 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "make bench                                   # = .venv/bin/python -m benchmarks",
         ".venv/bin/python -m benchmarks --quick       # small data, for development",
         ".venv/bin/python -m benchmarks --only drain  # one benchmark",
-        "# (names: idle drain bridge latency liveness)",
+        "# (names: idle drain bridge latency liveness console)",
         "```",
         "",
         "The suite starts its own PostgreSQL (Debian `postgresql`) and Redis (`redis-server`)",
@@ -234,6 +244,10 @@ def _markdown(document: dict[str, Any], results: list[Result]) -> str:
         "  in flight that never heartbeat; the victim's whole process group is SIGKILLed;",
         "  latency = `completed_at` - the database's `now()` read right after the kill;",
         "  heartbeat writes from pg_stat_statements over 30 idle seconds.",
+        "- **console**: in-process requests to the console's ASGI app (FastAPI's test",
+        "  client) for `/metrics` and the overview page, alternating between 10,000 and",
+        "  1,000,000 terminal runs (200 fresh non-terminal runs in both, one audit row per",
+        "  failed terminal run); p50 of each side after a warm-up.",
         "- **memory**: `ru_maxrss` of the drain process (spawned through",
         "  `benchmarks/launcher.py` so the benchmark's own RSS is not inherited) and VmRSS /",
         "  VmHWM of the idle worker main processes.",

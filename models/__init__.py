@@ -11,6 +11,7 @@ from models.enums import (
 )
 from models.operation_run import OperationRun
 from models.tenancy import Tenant, User, Workspace
+from models.tick import Tick
 from models.types import UtcDateTime, utcnow
 from models.worker import RunwardenWorker
 
@@ -25,6 +26,7 @@ __all__ = [
     "RunStatus",
     "RunwardenWorker",
     "Tenant",
+    "Tick",
     "User",
     "UtcDateTime",
     "Workspace",

@@ -143,6 +143,28 @@ def _stream_drain_json(
     out.flush()
 
 
+class _DrainProgress:
+    """``reconcile --drain`` on a terminal: one line on stderr, rewritten after each pass."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._started = self._clock()
+        self._shown = False
+
+    def __call__(self, passes: int, reconciled: int) -> None:
+        elapsed = max(self._clock() - self._started, 1e-6)
+        rate = reconciled / elapsed
+        line = f"draining: {passes} passes, {reconciled} runs failed, {rate:.0f} runs/s"
+        click.echo(f"\r{line}\x1b[K", err=True, nl=False)
+        self._shown = True
+
+    def done(self) -> None:
+        if self._shown:
+            click.echo("", err=True)
+
+
 def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for line in (headers, *rows):
@@ -171,7 +193,12 @@ def reconcile(
     as_json: bool,
 ) -> None:
     """Force-fail stale queued/running runs now, with evidence."""
-    from worker.lifecycle.reconciler import ON_DEMAND_SOURCE, DrainResult, ReconcileOptions
+    from worker.lifecycle.reconciler import (
+        ON_DEMAND_SOURCE,
+        DrainResult,
+        ReconcileOptions,
+        ReconcileResult,
+    )
 
     if drain and dry_run:
         raise click.UsageError("--drain cannot be combined with --dry-run")
@@ -188,7 +215,15 @@ def reconcile(
     if drain and as_json:
         _stream_drain_json(reconciler, engine, options)
         return
-    result = reconciler.drain(engine, options) if drain else reconciler.reconcile(engine, options)
+    result: ReconcileResult
+    if drain:
+        # A progress line only for a person watching: never in a pipe, a log or --json.
+        progress = _DrainProgress() if sys.stdout.isatty() and sys.stderr.isatty() else None
+        result = reconciler.drain(engine, options, on_pass=progress)
+        if progress is not None:
+            progress.done()
+    else:
+        result = reconciler.reconcile(engine, options)
     if as_json:
         _print_json(result.to_dict())
         return
@@ -222,25 +257,33 @@ def reconcile(
 
 
 _FRESHNESS = ("terminal_normal", "reconciled_failed", "unknown", "likely_stale", "fresh")
+_STATUSES = ("queued", "running", "completed")
+_OUTCOMES = ("pending", "succeeded", "partially_succeeded", "blocked", "failed", "cancelled")
 
 
 @main.command()
-@click.option("--status", type=click.Choice(("queued", "running", "completed")))
+@click.option("--status", type=click.Choice(_STATUSES))
+@click.option("--outcome", type=click.Choice(_OUTCOMES))
 @click.option("--freshness", type=click.Choice(_FRESHNESS))
 @click.option("--type", "types", multiple=True, type=Utf8Text(), metavar="TYPE")
 @click.option("--tenant", "tenant_ids", multiple=True, type=ID, metavar="ID")
+@click.option(
+    "--reason", type=Utf8Text(), metavar="CODE", help="Only runs ended with this reason code."
+)
 @click.option("--limit", type=click.IntRange(1, MAX_RUNS_LIMIT), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def runs(
     *,
     status: str | None,
+    outcome: str | None,
     freshness: str | None,
     types: tuple[str, ...],
     tenant_ids: tuple[int, ...],
+    reason: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
-    """List the newest runs with their freshness state."""
+    """List the newest runs with their freshness state and terminal reason."""
     from worker.db import read_session
     from worker.lifecycle.clock import database_now
     from worker.lifecycle.freshness import OperationRunFreshnessState
@@ -254,9 +297,11 @@ def runs(
             policy,
             now=database_now(session),
             status=status,
+            outcome=outcome,
             freshness=OperationRunFreshnessState(freshness) if freshness else None,
             types=types,
             tenant_ids=tenant_ids,
+            reason=reason,
             limit=limit,
         )
     if as_json:
@@ -266,7 +311,17 @@ def runs(
         click.echo("no runs match")
         return
     _table(
-        ("ID", "TYPE", "STATUS", "OUTCOME", "FRESHNESS", "WORKSPACE", "TENANT", "CREATED"),
+        (
+            "ID",
+            "TYPE",
+            "STATUS",
+            "OUTCOME",
+            "FRESHNESS",
+            "REASON",
+            "WORKSPACE",
+            "TENANT",
+            "CREATED",
+        ),
         [
             (
                 str(r["id"]),
@@ -274,6 +329,7 @@ def runs(
                 r["status"],
                 r["outcome"],
                 r["freshness_state"],
+                r["reason_code"] or "-",
                 str(r["workspace_id"]),
                 "-" if r["tenant_id"] is None else str(r["tenant_id"]),
                 str(r["created_at"])[:19],
@@ -329,6 +385,31 @@ def explain(run_id: int, as_json: bool) -> None:
     if data["reconciliation"]:
         click.echo("reconciliation record:")
         click.echo(json.dumps(data["reconciliation"], indent=2))
+    terminal = data["terminal"]
+    if terminal:
+        click.echo(
+            f"ended: {terminal['reason_code']} by {terminal['source']} at "
+            f"{terminal['recorded_at']} (context.{terminal['record_key']})"
+        )
+        click.echo(f"message: {terminal['reason_message']}")
+        for key, value in terminal["key_evidence"].items():
+            shown = value if isinstance(value, str) else json.dumps(value)
+            click.echo(f"  {key}: {shown}")
+    if data["audit"]:
+        click.echo("audit:")
+        _table(
+            ("ID", "RECORDED", "ACTION", "REASON", "ACTOR"),
+            [
+                (
+                    str(a["id"]),
+                    str(a["recorded_at"]),
+                    a["action"],
+                    a["reason_code"] or "-",
+                    f"{a['actor_type']}:{a['actor_id']}",
+                )
+                for a in data["audit"]
+            ],
+        )
 
 
 @main.command()
@@ -399,8 +480,16 @@ def policy(as_json: bool) -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Worker log level (default: RUNWARDEN_LOG_LEVEL).",
 )
-def up(concurrency: int | None, loglevel: str | None) -> None:
-    """Run the service: migrate, embedded Redis if no broker is set, worker + beat.
+@click.option("--no-web", is_flag=True, help="Do not start the web console.")
+@click.option("--web-host", default="127.0.0.1", show_default=True, help="The console's address.")
+@click.option(
+    "--web-port", type=click.IntRange(1, 65535), default=5580, show_default=True, help="Its port."
+)
+def up(
+    concurrency: int | None, loglevel: str | None, no_web: bool, web_host: str, web_port: int
+) -> None:
+    """Run the service: migrate, embedded Redis if no broker is set, worker + beat, and
+    the web console (on 127.0.0.1:5580 unless told otherwise).
 
     Stops everything it started on Ctrl-C or SIGTERM.
     """
@@ -409,7 +498,32 @@ def up(concurrency: int | None, loglevel: str | None) -> None:
 
     settings = get_settings()
     configure_root(log_format=settings.log_format, level=settings.log_level)
-    sys.exit(run_up(settings, concurrency=concurrency, loglevel=loglevel))
+    sys.exit(
+        run_up(
+            settings,
+            concurrency=concurrency,
+            loglevel=loglevel,
+            web=not no_web,
+            web_host=web_host,
+            web_port=web_port,
+        )
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=5580, show_default=True, help="TCP port."
+)
+def web(host: str, port: int) -> None:
+    """The web console, JSON API and /metrics. Beyond loopback it needs
+    RUNWARDEN_WEB_TOKEN, which every page, API call and /metrics then requires."""
+    from worker.logs import configure_root
+    from worker.web.server import serve
+
+    settings = get_settings()
+    configure_root(log_format=settings.log_format, level=settings.log_level)
+    serve(settings, host=host, port=port)
 
 
 @main.command()

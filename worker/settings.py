@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     imports: Annotated[tuple[str, ...], NoDecode] = ()
     #: Seconds a SQLite writer waits for the lock before failing.
     sqlite_busy_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: The web console's token: with it set, every page, API call and /metrics needs it
+    #: (required to serve beyond loopback). Never shown or logged.
+    web_token: SecretStr | None = None
 
     @field_validator("imports", mode="before")
     @classmethod
@@ -68,7 +71,9 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("database_url", "broker_url", "result_backend", "db_schema", mode="before")
+    @field_validator(
+        "database_url", "broker_url", "result_backend", "db_schema", "web_token", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

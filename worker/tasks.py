@@ -28,7 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models import RunOutcome
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app, tick_limits
-from worker.db import get_engine, statement_session
+from worker.db import get_engine, statement_session, write_session
 from worker.dispatch import operation_task_name
 from worker.errors import InvalidOptionsError, RunwardenError
 from worker.lifecycle.evidence import scrub_and_truncate
@@ -43,6 +43,7 @@ from worker.lifecycle.reconciler import (
     ReconcileOptions,
 )
 from worker.lifecycle.task_events import TaskFacts
+from worker.lifecycle.ticks import RECONCILE_TICK, record_tick
 from worker.lifecycle.transitions import TASK_OUTCOMES
 from worker.liveness import current_worker_id
 from worker.locks import RECONCILE_LOCK_KEY, RedisLock, redis_client
@@ -334,6 +335,17 @@ def reconcile_scheduled() -> dict[str, Any]:
         "skipped": result.skipped,
         "duration_ms": duration_ms,
     }
+    # The console and /metrics read when the last tick finished (the database's clock).
+    with write_session(get_engine()) as session:
+        record_tick(
+            session,
+            RECONCILE_TICK,
+            passes=result.passes,
+            candidates=result.candidates,
+            reconciled=result.reconciled,
+            skipped=result.skipped,
+            duration_ms=duration_ms,
+        )
     logger.info(
         "reconcile tick: passes=%d candidates=%d reconciled=%d skipped=%d duration_ms=%d",
         result.passes,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sqlalchemy import select
 
 from models import OperationRun
 from tests.factories import make_run, seed_tenancy
+from tests.servers import free_port
 from worker import db
 from worker.migrate import upgrade
 
@@ -87,12 +89,13 @@ class Up:
         }
         self.db_url = f"sqlite:///{var_dir / 'runwarden.db'}"
         self.log = var_dir / "up.log"
+        self.web_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(RUNWARDEN), "up", "-c", "1"],
+                [str(RUNWARDEN), "up", "-c", "1", "--web-port", str(self.web_port)],
                 cwd=self.var_dir,
                 env=self.env,
                 stdout=log,
@@ -124,8 +127,8 @@ class Up:
 def _stop_and_check(up: Up, signum: signal.Signals) -> None:
     assert up.process is not None
     started = descendants(up.process.pid)
-    # redis-server, the worker, its pool process and the beat process.
-    assert len(started) >= 4, up.output()[-3000:]
+    # redis-server, the worker, its pool process, the beat process and the web console.
+    assert len(started) >= 5, up.output()[-3000:]
     try:
         up.process.send_signal(signum)
         returncode = up.process.wait(60)
@@ -177,6 +180,20 @@ def test_up__ctrl_c__stops_worker_beat_and_redis(var_dir: Path) -> None:
     up = Up(var_dir)
     up.start()
     up.wait_ready()
+
+    address = f"http://127.0.0.1:{up.web_port}/"
+    assert f"web console on {address}" in up.output()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(address, timeout=5) as page:
+                assert page.status == 200
+                assert "Active runs" in page.read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
     _stop_and_check(up, signal.SIGINT)
 

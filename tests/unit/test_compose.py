@@ -34,6 +34,15 @@ def test_compose__has_the_production_services_with_real_commands() -> None:
         assert env["RUNWARDEN_BROKER_URL"].startswith("redis://redis:")
 
 
+def test_compose__console_needs_a_token_and_is_published_on_loopback() -> None:
+    console = _compose()["services"]["console"]
+    command = [*console["entrypoint"], *console["command"]]
+    assert command[:2] == ["runwarden", "web"]
+    assert console["environment"]["RUNWARDEN_WEB_TOKEN"].startswith("${RUNWARDEN_WEB_TOKEN:?")
+    assert console["environment"]["RUNWARDEN_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert all(port.startswith("127.0.0.1:") for port in console["ports"])
+
+
 def _compose_plugin_available() -> bool:
     if shutil.which("docker") is None:
         return False

@@ -36,10 +36,19 @@ def test_packaging__every_data_file_is_package_data() -> None:
         path
         for top in SHIPPED
         for path in (ROOT / top).rglob("*")
-        if path.is_file() and path.suffix in {".sql", ".toml", ".mako"}
+        if path.is_file() and path.suffix in {".sql", ".toml", ".mako", ".html", ".css", ".js"}
     ]
     assert any(p.suffix == ".sql" for p in data_files)
+    assert any(p.suffix == ".html" for p in data_files)
     for path in data_files:
-        package = ".".join(path.parent.relative_to(ROOT).parts)
+        # Data files live in a package, or in a folder of one (the console's templates/).
+        parts = path.relative_to(ROOT).parts[:-1]
+        owner = next(
+            i
+            for i in range(len(parts), 0, -1)
+            if (ROOT.joinpath(*parts[:i]) / "__init__.py").exists()
+        )
+        package = ".".join(parts[:owner])
+        name = "/".join((*parts[owner:], path.name))
         patterns = package_data.get(package, [])
-        assert any(fnmatch.fnmatch(path.name, p) for p in patterns), path
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), path

@@ -131,3 +131,22 @@ def test_tick__two_ticks_at_once__never_reconcile_a_run_twice(live: LiveWorker) 
     reconciled = [r.get("reconciled_run_ids", []) for r in results]
     assert not set(reconciled[0]) & set(reconciled[1])
     assert sum(len(ids) for ids in reconciled) >= 5
+
+
+def test_tick__records_when_it_finished_on_the_database_clock(live: LiveWorker) -> None:
+    from models import Tick
+    from worker.db import read_session
+    from worker.lifecycle.clock import database_now
+
+    _stale_run(live)
+    with read_session(live.engine) as session:
+        before = database_now(session)
+
+    summary = _call(SCHEDULED_RECONCILE_TASK)
+
+    with read_session(live.engine) as session:
+        tick = session.get(Tick, "reconcile")
+        after = database_now(session)
+    assert tick is not None
+    assert before <= tick.ticked_at <= after
+    assert (tick.passes, tick.reconciled) == (summary["passes"], summary["reconciled"])

@@ -1,4 +1,5 @@
-"""Listing runs with their freshness, for ``runwarden runs``."""
+"""Listing runs with their freshness and terminal reason, for ``runwarden runs`` and the
+console's runs page and API."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from models import OperationRun, RunStatus
 from worker.lifecycle.evidence import iso_or_none as iso
 from worker.lifecycle.freshness import OperationRunFreshnessState
 from worker.lifecycle.policy import LifecyclePolicy
+from worker.lifecycle.terminal import reason_code_column, reason_code_of
 
 # Freshness only exists for some statuses; filtering on it narrows the SQL first.
 _STATUSES_OF: dict[OperationRunFreshnessState, tuple[str, ...]] = {
@@ -41,6 +43,7 @@ def run_to_dict(run: OperationRun, freshness: OperationRunFreshnessState) -> dic
         "started_at": iso(run.started_at),
         "last_heartbeat_at": iso(run.last_heartbeat_at),
         "completed_at": iso(run.completed_at),
+        "reason_code": reason_code_of(run),
     }
 
 
@@ -50,17 +53,25 @@ def list_runs(
     *,
     now: datetime,
     status: str | None = None,
+    outcome: str | None = None,
     freshness: OperationRunFreshnessState | None = None,
     types: Sequence[str] = (),
     tenant_ids: Sequence[int] = (),
+    workspace_ids: Sequence[int] = (),
+    reason: str | None = None,
+    before_id: int | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """The newest runs matching the filters, as dicts with their freshness state.
 
+    ``before_id`` is the keyset cursor: only runs with a smaller id (the next page of a
+    newest-first listing is the runs older than the last one shown).
     Freshness depends on the policy and the clock, so it is filtered here in Python,
     reading newest-first in chunks until ``limit`` runs match.
     """
     statement = select(OperationRun).order_by(OperationRun.id.desc())
+    if before_id is not None:
+        statement = statement.where(OperationRun.id < before_id)
     statuses: tuple[str, ...] | None = _STATUSES_OF[freshness] if freshness else None
     if status is not None:
         statuses = tuple(s for s in (statuses or (status,)) if s == status)
@@ -70,13 +81,24 @@ def list_runs(
         statement = statement.where(OperationRun.type.in_(types))
     if tenant_ids:
         statement = statement.where(OperationRun.tenant_id.in_(tenant_ids))
+    if workspace_ids:
+        statement = statement.where(OperationRun.workspace_id.in_(workspace_ids))
+    if outcome is not None:
+        statement = statement.where(OperationRun.outcome == outcome)
+    if reason is not None:
+        # Only a completed run has a terminal reason.
+        statement = statement.where(
+            OperationRun.status == RunStatus.COMPLETED.value, reason_code_column() == reason
+        )
     if freshness is None:
         statement = statement.limit(limit)
     listed: list[dict[str, Any]] = []
-    for run in session.scalars(statement.execution_options(yield_per=_CHUNK)):
-        state = OperationRunFreshnessState.for_run(run, policy, now)
-        if freshness is None or state is freshness:
-            listed.append(run_to_dict(run, state))
-            if len(listed) >= limit:
-                break
+    # Closed when done: stopping at ``limit`` leaves PostgreSQL's server-side cursor open.
+    with session.execute(statement.execution_options(yield_per=_CHUNK)) as result:
+        for run in result.scalars():
+            state = OperationRunFreshnessState.for_run(run, policy, now)
+            if freshness is None or state is freshness:
+                listed.append(run_to_dict(run, state))
+                if len(listed) >= limit:
+                    break
     return listed

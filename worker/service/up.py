@@ -49,8 +49,13 @@ class Service:
     stop_timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS
     #: Where the worker's output goes (default: this process's stdout/stderr).
     log_file: Path | None = None
+    #: The web console's address (``runwarden web``); ``web=False`` starts none.
+    web: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = 5580
     redis: EmbeddedRedis | None = field(default=None, init=False)
     worker: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    console: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _stop_signal: int | None = field(default=None, init=False)
 
     def worker_argv(self) -> list[str]:
@@ -65,11 +70,22 @@ class Service:
             argv += ["-c", str(self.concurrency)]
         return argv
 
+    def web_argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "worker.cli", "web",
+            "--host", self.web_host, "--port", str(self.web_port),
+        ]  # fmt: skip
+
     def start(self) -> Service:
         """Check, migrate, start the embedded Redis and the worker -- or stop at once,
         having stopped what it started, when a stop is requested on the way
         (:class:`StartupInterrupted`)."""
         settings = self.settings
+        if self.web:
+            from worker.web.server import check_binding
+
+            token = settings.web_token.get_secret_value() if settings.web_token else None
+            check_binding(self.web_host, token)
         # Every setting that would fail only later -- in the worker, or after the database
         # was migrated -- is refused first, while nothing is written or started.
         check_imports(settings.imports)
@@ -99,25 +115,40 @@ class Service:
             self.redis.start(stop_requested=self.stop_requested)
             logger.info("embedded Redis listening on %s", settings.embedded_redis_socket)
         self._check_stop()
+        try:
+            self.worker = self._spawn(self.worker_argv())
+            logger.info("worker with embedded beat started (pid %d)", self.worker.pid)
+            if self.web:
+                from worker.web.server import console_address
+
+                self.console = self._spawn(self.web_argv())
+                logger.info(
+                    "web console on %s (pid %d)",
+                    console_address(self.web_host, self.web_port),
+                    self.console.pid,
+                )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        """A child in its own session, its output where the worker's goes, sent SIGTERM
+        should ``up`` die."""
         output = self.log_file.open("ab") if self.log_file else None
         try:
-            self.worker = subprocess.Popen(
-                self.worker_argv(),
+            return subprocess.Popen(
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
                 start_new_session=True,
                 preexec_fn=parent_death_signal(signal.SIGTERM),  # noqa: PLW1509 - single-threaded
-                env={**os.environ, "RUNWARDEN_VAR_DIR": str(settings.var_dir.resolve())},
+                env={**os.environ, "RUNWARDEN_VAR_DIR": str(self.settings.var_dir.resolve())},
             )
-        except BaseException:
-            self._stop_redis()
-            raise
         finally:
             if output is not None:
                 output.close()
-        logger.info("worker with embedded beat started (pid %d)", self.worker.pid)
-        return self
 
     def _interruptible(
         self, step: Callable[[], None], *, cancel: Callable[[], None] | None = None
@@ -174,10 +205,10 @@ class Service:
 
     def kill_worker(self) -> None:
         """Cold stop: SIGKILL the worker's whole process group now."""
-        worker = self.worker
-        if worker is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(worker.pid, signal.SIGKILL)
+        for child in (self.worker, self.console):
+            if child is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
 
     def wait(self) -> int:
         """Block until the worker exits or a stop is requested; then stop everything."""
@@ -188,7 +219,9 @@ class Service:
         return self.stop()
 
     def stop(self) -> int:
-        """Stop the worker (and its process group), then the embedded Redis. Idempotent."""
+        """Stop the console, the worker (and its process group), then the embedded Redis.
+        Idempotent."""
+        self._stop_console()
         code = 0
         worker = self.worker
         if worker is not None:
@@ -212,6 +245,21 @@ class Service:
         self._stop_redis()
         return code
 
+    def _stop_console(self) -> None:
+        console = self.console
+        if console is None:
+            return
+        if console.poll() is None:
+            console.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown
+            try:
+                console.wait(self.stop_timeout_seconds)
+            except subprocess.TimeoutExpired:
+                logger.warning("the web console did not stop; killing it")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(console.pid, signal.SIGKILL)
+        console.wait()
+        self.console = None
+
     def _stop_redis(self) -> None:
         if self.redis is not None:
             self.redis.stop()
@@ -219,7 +267,13 @@ class Service:
 
 
 def run_up(
-    settings: Settings, *, concurrency: int | None = None, loglevel: str | None = None
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    loglevel: str | None = None,
+    web: bool = True,
+    web_host: str = "127.0.0.1",
+    web_port: int = 5580,
 ) -> int:
     """The ``up`` command: run until SIGINT/SIGTERM or until the worker exits.
 
@@ -227,7 +281,14 @@ def run_up(
     it exited by itself, and 128 + the signal's number (130, 143) when a signal stopped
     ``up`` before it had started everything -- the service never ran.
     """
-    service = Service(settings, concurrency=concurrency, loglevel=loglevel)
+    service = Service(
+        settings,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        web=web,
+        web_host=web_host,
+        web_port=web_port,
+    )
     signals_seen = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from worker.lifecycle.listing import run_to_dict
 from worker.lifecycle.liveness import WorkerSnapshot, WorkerState, judged_by_worker, worker_of
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler.assessment import Assessment, assess, stale_reason
+from worker.lifecycle.terminal import TerminalRecord, audit_rows, terminal_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,10 @@ class RunExplanation:
     reconciliation: Mapping[str, Any] | None
     #: the worker that started the current attempt, with its state (None: none recorded)
     worker: dict[str, Any] | None = None
+    #: the record that ended a completed run (None: not completed, or ended by its task)
+    terminal: TerminalRecord | None = None
+    #: the run's audit rows, oldest first
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +60,8 @@ class RunExplanation:
             "assessment": self.assessment.to_dict() if self.assessment else None,
             "reconciliation": dict(self.reconciliation) if self.reconciliation else None,
             "worker": self.worker,
+            "terminal": self.terminal.to_dict() if self.terminal else None,
+            "audit": list(self.audit),
         }
 
 
@@ -77,6 +84,7 @@ def explain(
     )
     worker = worker_of(session, run)
     assessment = assess(run, policy, now, legitimacy, worker)
+    terminal = terminal_record(run)
     why = _why(
         run,
         policy=policy,
@@ -86,6 +94,7 @@ def explain(
         now=now,
         reconciliation=reconciliation,
         worker=worker,
+        terminal=terminal,
     )
     return RunExplanation(
         run=run_to_dict(run, freshness),
@@ -106,6 +115,8 @@ def explain(
             if worker is not None
             else None
         ),
+        terminal=terminal,
+        audit=audit_rows(session, run.id),
     )
 
 
@@ -119,6 +130,7 @@ def _why(
     now: datetime,
     reconciliation: Any,
     worker: WorkerSnapshot | None = None,
+    terminal: TerminalRecord | None = None,
 ) -> str:
     if freshness is OperationRunFreshnessState.RECONCILED_FAILED:
         record = reconciliation if isinstance(reconciliation, Mapping) else {}
@@ -127,8 +139,17 @@ def _why(
             f"{record.get('source')} at {record.get('reconciled_at')}; "
             "a completed run is never changed again"
         )
+    if run.status == RunStatus.COMPLETED and terminal is not None:
+        return (
+            f"completed with outcome {run.outcome}: {terminal.reason_code} by "
+            f"{terminal.source} at {terminal.recorded_at} ({terminal.reason_message}); "
+            "a completed run is never changed again"
+        )
     if run.status == RunStatus.COMPLETED:
-        return f"completed with outcome {run.outcome}; a completed run is never changed again"
+        return (
+            f"completed with outcome {run.outcome} reported by its task; "
+            "a completed run is never changed again"
+        )
     if not policy.supports(run.type):
         return (
             f"type {run.type!r} is not covered by the lifecycle policy; "

@@ -78,11 +78,13 @@ class OperationLifecycleReconciler:
         max_passes: int | None = None,
         budget_seconds: float | None = None,
         between_passes: Callable[[], bool] | None = None,
+        on_pass: Callable[[int, int], None] | None = None,
     ) -> DrainResult:
         """Passes, each its own transaction, until one reconciles nothing (or the pass or
         time budget is spent, or ``between_passes``, called after each pass, says stop).
         ``limit`` is the size of each pass. Holds every change; :meth:`iter_passes`
-        streams them instead."""
+        streams them instead. ``on_pass(passes, reconciled)`` is called with the sums so
+        far after each pass (the CLI's progress line)."""
         candidates = reconciled = skipped = passes = 0
         pieces: list[str] = []
         results = self.iter_passes(
@@ -97,6 +99,8 @@ class OperationLifecycleReconciler:
                 items = result.changes_json_items()
                 if items:
                     pieces.append(items)
+                if on_pass is not None:
+                    on_pass(passes, reconciled)
                 if between_passes is not None and not between_passes():
                     break
         return DrainResult(

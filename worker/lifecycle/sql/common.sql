@@ -80,3 +80,17 @@ RETURNING id;
 -- A worker's main process stopped: its pool is drained (warm) or its tasks were terminated (cold), so a run it still holds will never end by its hand.
 UPDATE runwarden_workers SET stopped_at = now(), last_heartbeat_at = now()
 WHERE id = :worker_id AND stopped_at IS NULL;
+
+-- name: record_tick
+-- A periodic task (:name) finished: its row in runwarden_ticks says when, on the database's clock, and what it did.
+INSERT INTO runwarden_ticks (name, ticked_at, passes, candidates, reconciled, skipped,
+                             duration_ms)
+VALUES (:name, COALESCE(:now, now()), :passes, :candidates, :reconciled, :skipped,
+        :duration_ms)
+ON CONFLICT (name) DO UPDATE SET
+    ticked_at = excluded.ticked_at,
+    passes = excluded.passes,
+    candidates = excluded.candidates,
+    reconciled = excluded.reconciled,
+    skipped = excluded.skipped,
+    duration_ms = excluded.duration_ms;

@@ -1,0 +1,1 @@
+"""The web console, JSON API and ``/metrics``: thin over worker/lifecycle."""
