@@ -129,6 +129,9 @@ def run(srv: Servers, scale: Scale) -> Result:
             from worker.dispatch import start_operation
 
             app.conf.task_routes = {"operations.bench.hold": {"queue": QUEUE}}
+            # The app builds its router once (an earlier benchmark may have published).
+            app.amqp.flush_routes()
+            app.amqp.__dict__.pop("router", None)
             # The heartbeat's cost: the beat worker alone, idle.
             before = _heartbeat_calls(conn)
             time.sleep(IDLE_STRETCH_SECONDS)

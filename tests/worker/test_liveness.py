@@ -101,12 +101,18 @@ def cluster(
     from worker.celery_app import app
 
     point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
+    def route(routes: object) -> None:
+        # The app builds its router once, from the routes of that moment.
+        app.conf.task_routes = routes
+        app.amqp.flush_routes()
+        app.amqp.__dict__.pop("router", None)
+
     routes = app.conf.task_routes
-    app.conf.task_routes = {"operations.test.quiet": {"queue": "victims"}}
+    route({"operations.test.quiet": {"queue": "victims"}})
     try:
         yield spawn
     finally:
-        app.conf.task_routes = routes
+        route(routes)
         for worker in started:
             worker.stop()
         engine.dispose()
