@@ -101,6 +101,7 @@ def cluster(
     from worker.celery_app import app
 
     point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
+
     def route(routes: object) -> None:
         # The app builds its router once, from the routes of that moment.
         app.conf.task_routes = routes
