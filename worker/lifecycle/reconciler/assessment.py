@@ -20,8 +20,8 @@ from worker.lifecycle.gate import LegitimacyResult
 from worker.lifecycle.liveness import WorkerSnapshot, WorkerState, judged_by_worker
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
-from worker.lifecycle.recovery import Action, action_for, attempt_evidence
 from worker.lifecycle.reconciler.results import ReconcileChange
+from worker.lifecycle.recovery import Action, action_for, attempt_evidence
 
 
 @dataclass(frozen=True, slots=True)
