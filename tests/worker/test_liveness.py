@@ -26,7 +26,14 @@ from sqlalchemy import select, text
 from models import RunwardenWorker
 from tests.factories import seed_tenancy
 from tests.servers import RedisServer
-from tests.worker.conftest import BACKEND_DB, BROKER_DB, LiveWorker, point_app_at, wait_for
+from tests.worker.conftest import (
+    BACKEND_DB,
+    BROKER_DB,
+    LiveWorker,
+    point_app_at,
+    route_tasks,
+    wait_for,
+)
 from worker import db
 from worker.dispatch import start_operation
 from worker.settings import get_settings
@@ -102,11 +109,11 @@ def cluster(
 
     point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
     routes = app.conf.task_routes
-    app.conf.task_routes = {"operations.test.quiet": {"queue": "victims"}}
+    route_tasks({"operations.test.quiet": {"queue": "victims"}})
     try:
         yield spawn
     finally:
-        app.conf.task_routes = routes
+        route_tasks(routes)
         for worker in started:
             worker.stop()
         engine.dispose()

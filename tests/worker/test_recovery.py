@@ -23,7 +23,14 @@ from celery import Celery
 
 from tests.factories import make_run, seed_tenancy
 from tests.servers import RedisServer
-from tests.worker.conftest import BACKEND_DB, BROKER_DB, LiveWorker, point_app_at, wait_for
+from tests.worker.conftest import (
+    BACKEND_DB,
+    BROKER_DB,
+    LiveWorker,
+    point_app_at,
+    route_tasks,
+    wait_for,
+)
 from worker import db
 from worker.dispatch import publish_requeued, start_operation
 from worker.lifecycle.policy import parse_policy
@@ -105,11 +112,11 @@ def cluster(
 
     point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
     routes = app.conf.task_routes
-    app.conf.task_routes = ROUTES
+    route_tasks(ROUTES)
     try:
         yield spawn
     finally:
-        app.conf.task_routes = routes
+        route_tasks(routes)
         for worker in started:
             if worker.process is not None:
                 # A stopped (SIGSTOP) worker must be able to take the SIGTERM.
