@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
@@ -51,6 +51,14 @@ class OperationRun(Base):
     worker_id: Mapped[int | None] = mapped_column(
         ForeignKey("runwarden_workers.id", ondelete="SET NULL")
     )
+    #: the reconciler put the run back to queued (recovery = "retry"): its queued window
+    #: counts from here
+    requeued_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: attempts whose message never started within its queued window (each is a try)
+    # Server defaults only: an insert written against an older revision stays valid.
+    unstarted_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    #: the outbox: requeued, and its new message not yet handed to the broker
+    publish_pending: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status"),
@@ -87,6 +95,13 @@ class OperationRun(Base):
             postgresql_nulls_not_distinct=True,
         ),
         Index("ix_operation_runs_workspace_tenant", "workspace_id", "tenant_id"),
+        # The outbox's look-up reads only the runs waiting to be published.
+        Index(
+            "ix_operation_runs_publish_pending",
+            "id",
+            postgresql_where=text("publish_pending"),
+            sqlite_where=text("publish_pending"),
+        ),
     )
 
     @property

@@ -107,12 +107,19 @@ def _database(*, create: bool, policy: LifecyclePolicy) -> Engine:
     return engine
 
 
-def _reconciler() -> OperationLifecycleReconciler:
+def _reconciler(*, publishing: bool = False) -> OperationLifecycleReconciler:
     from worker.lifecycle.policy import load_policy
     from worker.lifecycle.reconciler import OperationLifecycleReconciler
 
     # The policy is loaded before the database is touched: a bad file is exit 2, nothing read.
-    return OperationLifecycleReconciler(load_policy())
+    policy = load_policy()
+    if not publishing:
+        return OperationLifecycleReconciler(policy)
+    from worker.dispatch import publish_requeued
+
+    # A requeued run's message goes out through the configured broker (Celery is imported
+    # on the first publication only: a pass that requeues nothing never loads it).
+    return OperationLifecycleReconciler(policy, publisher=publish_requeued)
 
 
 def _print_json(value: Any) -> None:
@@ -210,7 +217,7 @@ def reconcile(
         dry_run=dry_run,
         source=ON_DEMAND_SOURCE,
     )
-    reconciler = _reconciler()
+    reconciler = _reconciler(publishing=not dry_run)
     engine = _database(create=not dry_run, policy=reconciler.policy)
     if drain and as_json:
         _stream_drain_json(reconciler, engine, options)
@@ -229,18 +236,21 @@ def reconcile(
         return
     passes = f" in {result.passes} passes" if isinstance(result, DrainResult) else ""
     if dry_run:
+        requeues = sum(1 for c in result.changes if c.action == "requeue")
+        also = f", {requeues} would be requeued" if requeues else ""
         click.echo(
-            f"dry run: {result.candidates} candidates, {len(result.changes)} would be "
-            f"force-failed, {result.skipped} skipped; nothing was written"
+            f"dry run: {result.candidates} candidates, {len(result.changes) - requeues} would "
+            f"be force-failed{also}, {result.skipped} skipped; nothing was written"
         )
     else:
+        also = f" ({result.requeued} requeued)" if result.requeued else ""
         click.echo(
-            f"{result.candidates} candidates, {result.reconciled} reconciled, "
+            f"{result.candidates} candidates, {result.reconciled} reconciled{also}, "
             f"{result.skipped} skipped{passes}"
         )
     if result.changes:
         _table(
-            ("RUN", "TYPE", "WAS", "REASON", "THRESHOLD", "SINCE", "APPLIED"),
+            ("RUN", "TYPE", "WAS", "REASON", "THRESHOLD", "SINCE", "ACTION", "APPLIED"),
             [
                 (
                     str(c.operation_run_id),
@@ -249,6 +259,7 @@ def reconcile(
                     c.reason_code,
                     f"{c.evidence['threshold_seconds']}s",
                     str(c.evidence["reference_time"]),
+                    c.action,
                     "yes" if c.applied else "no",
                 )
                 for c in result.changes

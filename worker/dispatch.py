@@ -38,6 +38,7 @@ from worker.errors import (
 )
 from worker.lifecycle.evidence import scrub_and_truncate
 from worker.lifecycle.reasons import ReasonCode
+from worker.lifecycle.recovery import Publication
 from worker.lifecycle.transitions import force_fail_non_terminal_run
 from worker.settings import current_policy
 
@@ -251,6 +252,29 @@ def start_operation(  # noqa: PLR0917 - the contract takes these positionally
         "operation run %s queued as %s", run_id, task_name, extra={"operation_run_id": run_id}
     )
     return run_id
+
+
+def publish_requeued(publication: Publication, *, app: Any = None) -> None:
+    """The reconciler's publisher: a requeued run's new message, by name, under its new
+    task id, with Celery ``retries`` set to the attempts already started -- so the start
+    takes it for the run's next attempt, as it takes a Celery retry. Raises if the broker
+    refused it (the run stays in the outbox)."""
+    if app is None:
+        from worker.celery_app import app as default_app
+
+        app = default_app
+    app.send_task(
+        operation_task_name(publication.type),
+        kwargs={"operation_run_id": publication.run_id},
+        task_id=publication.celery_task_id,
+        retries=publication.retries,
+    )
+    logger.info(
+        "requeued operation run %s published as attempt %s",
+        publication.run_id,
+        publication.retries + 1,
+        extra={"operation_run_id": publication.run_id},
+    )
 
 
 def _check_id(key: str, value: object) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from models import RunOutcome
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app, tick_limits
 from worker.db import get_engine, statement_session, write_session
-from worker.dispatch import operation_task_name
+from worker.dispatch import operation_task_name, publish_requeued
 from worker.errors import InvalidOptionsError, RunwardenError
 from worker.lifecycle.evidence import scrub_and_truncate
 from worker.lifecycle.execution import StartDecision, StartedRun, parse_run_id, start_execution
@@ -42,6 +42,7 @@ from worker.lifecycle.reconciler import (
     OperationLifecycleReconciler,
     ReconcileOptions,
 )
+from worker.lifecycle.recovery import Publication
 from worker.lifecycle.task_events import TaskFacts
 from worker.lifecycle.ticks import RECONCILE_TICK, record_tick
 from worker.lifecycle.transitions import TASK_OUTCOMES
@@ -262,6 +263,11 @@ def operation(type_name: str, **task_options: Any) -> Callable[[OperationBody], 
 # -- reconciliation ----------------------------------------------------------------------
 
 
+def _publish(publication: Publication) -> None:
+    # The app the ticks run in: its broker is where the workers listen.
+    publish_requeued(publication, app=app)
+
+
 def _error_result(exc: RunwardenError) -> dict[str, Any]:
     return {"error": {"type": type(exc).__name__, "message": exc.message}}
 
@@ -289,7 +295,7 @@ def reconcile_operation_runs(
             dry_run=dry_run,
             source=ON_DEMAND_SOURCE,
         )
-        reconciler = OperationLifecycleReconciler(current_policy())
+        reconciler = OperationLifecycleReconciler(current_policy(), publisher=_publish)
         result = reconciler.reconcile(get_engine(), options)
     except RunwardenError as exc:
         logger.warning("on-demand reconcile refused: %s", exc.message)
@@ -317,7 +323,7 @@ def reconcile_scheduled() -> dict[str, Any]:
         )
         return {"skipped_reason": "locked"}
     try:
-        reconciler = OperationLifecycleReconciler(policy)
+        reconciler = OperationLifecycleReconciler(policy, publisher=_publish)
         result = reconciler.drain(
             get_engine(),
             ReconcileOptions(source=SCHEDULED_SOURCE),

@@ -344,12 +344,14 @@ def test_reconcile__result_has_exactly_the_contract_shape(
         "applied",
         "operation_run_id",
         "type",
+        "action",
         "before",
         "after",
         "reason_code",
         "reason_message",
         "evidence",
     }
+    assert change["action"] == "force_fail"
     assert change["operation_run_id"] == run_id
     assert change["type"] == "inventory.sync"
     assert change["before"] == {
@@ -367,7 +369,11 @@ def test_reconcile__result_has_exactly_the_contract_shape(
         "terminal_truth_path",
         "policy_sha256",
         "worker",
+        "attempt",
+        "attempts",
+        "max_attempts",
     }
+    assert (change["evidence"]["attempt"], change["evidence"]["max_attempts"]) == (1, 1)
     assert set(change["evidence"]["execution_legitimacy"]) == {"allowed", "reason_code", "checks"}
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,48 @@ def test_load_policy__bad_workers_section_names_the_key(workers: str, message: s
     with pytest.raises(PolicyError, match=r"^p\.toml: ") as raised:
         parse_policy(f"[workers]\n{workers}\n", source="p.toml")
     assert message in str(raised.value)
+
+
+_WINDOWS = "queued_stale_after_seconds = 60\nrunning_stale_after_seconds = 60\n"
+
+
+def test_load_policy__recovery_defaults_to_fail_once() -> None:
+    policy = parse_policy(_SYNC + _WINDOWS)
+    sync = policy.type_policy("inventory.sync")
+    assert (sync.recovery, sync.max_attempts, policy.retries("inventory.sync")) == (
+        "fail",
+        1,
+        False,
+    )
+    assert policy.to_dict()["types"]["inventory.sync"]["recovery"] == "fail"
+    assert policy.to_dict()["types"]["inventory.sync"]["max_attempts"] == 1
+
+
+def test_load_policy__recovery_retry_with_attempts() -> None:
+    policy = parse_policy(_SYNC + _WINDOWS + 'recovery = "retry"\nmax_attempts = 3\n')
+    assert policy.retries("inventory.sync")
+    assert policy.max_attempts("inventory.sync") == 3
+    assert parse_policy(policy.to_toml()).sha256 == policy.sha256
+    # retry with max_attempts = 1 is allowed and means fail.
+    once = parse_policy(_SYNC + _WINDOWS + 'recovery = "retry"\n')
+    assert not once.retries("inventory.sync")
+
+
+_KEY = 'types."inventory.sync".'
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('recovery = "again"', "recovery: must be 'fail' or 'retry'"),
+        ("recovery = true", "recovery: must be 'fail' or 'retry'"),
+        ("max_attempts = 0", "max_attempts: must be a positive integer"),
+        ('max_attempts = "2"', "max_attempts: must be a positive integer"),
+        ("max_attempts = true", "max_attempts: must be a positive integer"),
+        ("max_attempts = 101", "max_attempts: must be between 1 and 100"),
+    ],
+)
+def test_load_policy__bad_recovery_names_the_key(line: str, message: str) -> None:
+    with pytest.raises(PolicyError, match="^" + re.escape(f"<policy>: {_KEY}{message}")) as raised:
+        parse_policy(_SYNC + _WINDOWS + line + "\n")
+    assert "\n" not in str(raised.value)

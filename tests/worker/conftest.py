@@ -285,6 +285,17 @@ class LiveWorker:
         self.process = None
 
 
+def route_tasks(routes: dict[str, Any] | None) -> None:
+    """Route the test process's messages by ``routes`` from now on. Celery builds its
+    router once, on the first publish: setting ``task_routes`` after an earlier module
+    published changes nothing unless the router is dropped too."""
+    from worker.celery_app import app
+
+    app.conf.task_routes = routes
+    app.amqp.flush_routes()
+    app.amqp.__dict__.pop("router", None)
+
+
 def point_app_at(broker_url: str, backend_url: str) -> None:
     """Make the test process's Celery app publish to the test broker.
 

@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.tasks import OperationResult, RunContext, operation
+from worker.tasks import OperationResult, RunContext, app, operation
+
+# A module's routes for the worker's own app too: a requeued run's message is published by
+# the worker that runs the reconcile tick, routed by that worker's app as start_operation's
+# message is by the test process's.
+if os.environ.get("RWTEST_TASK_ROUTES"):
+    app.conf.task_routes = json.loads(os.environ["RWTEST_TASK_ROUTES"])
 
 
 class TransientError(RuntimeError):
@@ -127,3 +133,24 @@ def quiet(run: RunContext, **inputs: Any) -> OperationResult:
     # time.sleep's clock_nanosleep fails with EINVAL.
     threading.Event().wait(float(inputs.get("seconds", 1)))
     return OperationResult(outcome="succeeded")
+
+
+def journal(run: RunContext, event: str) -> None:
+    """The body's own journal: when each attempt started and ended, by whom."""
+    directory = Path(os.environ["RUNWARDEN_TEST_EXECUTIONS_DIR"])
+    line = json.dumps(
+        {"event": event, "attempt": run.attempt, "pid": os.getpid(), "t": time.time()}
+    )
+    with (directory / f"{run.id}.journal").open("a") as handle:
+        handle.write(line + "\n")
+
+
+@operation("test.recover")
+def recover(run: RunContext, **inputs: Any) -> OperationResult:
+    """An idempotent operation of a ``recovery = "retry"`` type: works
+    ``seconds_by_attempt[attempt]`` seconds (default 0.2), journalling its start and end."""
+    journal(run, "start")
+    seconds = dict(inputs.get("seconds_by_attempt") or {}).get(str(run.attempt), 0.2)
+    threading.Event().wait(float(seconds))
+    journal(run, "end")
+    return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})

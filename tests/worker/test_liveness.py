@@ -26,7 +26,14 @@ from sqlalchemy import select, text
 from models import RunwardenWorker
 from tests.factories import seed_tenancy
 from tests.servers import RedisServer
-from tests.worker.conftest import BACKEND_DB, BROKER_DB, LiveWorker, point_app_at, wait_for
+from tests.worker.conftest import (
+    BACKEND_DB,
+    BROKER_DB,
+    LiveWorker,
+    point_app_at,
+    route_tasks,
+    wait_for,
+)
 from worker import db
 from worker.dispatch import start_operation
 from worker.settings import get_settings
@@ -102,18 +109,12 @@ def cluster(
 
     point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
 
-    def route(routes: object) -> None:
-        # The app builds its router once, from the routes of that moment.
-        app.conf.task_routes = routes
-        app.amqp.flush_routes()
-        app.amqp.__dict__.pop("router", None)
-
     routes = app.conf.task_routes
-    route({"operations.test.quiet": {"queue": "victims"}})
+    route_tasks({"operations.test.quiet": {"queue": "victims"}})
     try:
         yield spawn
     finally:
-        route(routes)
+        route_tasks(routes)
         for worker in started:
             worker.stop()
         engine.dispose()

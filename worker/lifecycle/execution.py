@@ -41,7 +41,6 @@ _RUN_COLUMNS = RUN_SNAPSHOT_COLUMNS
 _START_QUERY = (
     select(
         *_RUN_COLUMNS,
-        OperationRun.attempts,
         OperationRun.celery_task_id,
         gate_tenants.c.id,
         gate_tenants.c.workspace_id,
@@ -151,9 +150,8 @@ def start_execution(
     if row is None:
         return ExecutionStart(StartDecision.MISSING)
     run = RunSnapshot(*row[: len(_RUN_COLUMNS)])
-    attempts, owner, tenant_id, tenant_workspace_id, tenant_active, user_active = row[
-        len(_RUN_COLUMNS) :
-    ]
+    owner, tenant_id, tenant_workspace_id, tenant_active, user_active = row[len(_RUN_COLUMNS) :]
+    attempts = run.attempts
     details = {"status": run.status, "attempts": attempts, "retries": retries}
     if owner != celery_task_id:
         return ExecutionStart(StartDecision.NOT_OWNER, details=details)

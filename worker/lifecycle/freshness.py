@@ -41,6 +41,12 @@ class RunLike(Protocol):
     def retry_due_at(self) -> datetime | None: ...
     @property
     def worker_id(self) -> int | None: ...
+    @property
+    def requeued_at(self) -> datetime | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def unstarted_attempts(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +70,14 @@ class RunSnapshot:
     last_heartbeat_at: datetime | None
     retry_due_at: datetime | None = None
     worker_id: int | None = None
+    requeued_at: datetime | None = None
+    attempts: int = 0
+    unstarted_attempts: int = 0
     context: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: The columns of :class:`RunSnapshot`, in its field order, for scans that build one.
+#: The columns of :class:`RunSnapshot`, in its field order up to ``unstarted_attempts``,
+#: for scans that build one.
 RUN_SNAPSHOT_COLUMNS = (
     OperationRun.id,
     OperationRun.type,
@@ -80,6 +90,10 @@ RUN_SNAPSHOT_COLUMNS = (
     OperationRun.started_at,
     OperationRun.last_heartbeat_at,
     OperationRun.retry_due_at,
+    OperationRun.worker_id,
+    OperationRun.requeued_at,
+    OperationRun.attempts,
+    OperationRun.unstarted_attempts,
 )
 
 
@@ -95,11 +109,12 @@ class StaleWindow:
 
 
 def reference_time(run: RunLike) -> datetime:
-    """The last sign of life: creation for a queued run; the latest heartbeat, else the
-    start, else the creation for a running one (a heartbeating run is alive) -- or, when
-    later, the time its retry is due (a run waiting for its retry is alive until then)."""
+    """The last sign of life: the requeue, else the creation for a queued run (a requeued
+    run's new message is as fresh as its requeue); the latest heartbeat, else the start,
+    else the creation for a running one (a heartbeating run is alive) -- or, when later,
+    the time its retry is due (a run waiting for its retry is alive until then)."""
     if run.status == RunStatus.QUEUED:
-        return run.created_at
+        return run.requeued_at or run.created_at
     seen = run.last_heartbeat_at or run.started_at or run.created_at
     return max(seen, run.retry_due_at) if run.retry_due_at is not None else seen
 

@@ -27,8 +27,11 @@ _STATUSES_OF: dict[OperationRunFreshnessState, tuple[str, ...]] = {
 _CHUNK = 500
 
 
-def run_to_dict(run: OperationRun, freshness: OperationRunFreshnessState) -> dict[str, Any]:
-    """A run as ``runwarden runs --json`` and ``explain --json`` print it."""
+def run_to_dict(
+    run: OperationRun, freshness: OperationRunFreshnessState, policy: LifecyclePolicy
+) -> dict[str, Any]:
+    """A run as ``runwarden runs --json`` and ``explain --json`` print it; ``max_attempts``
+    is its type's (None: not covered)."""
     return {
         "id": run.id,
         "type": run.type,
@@ -39,6 +42,8 @@ def run_to_dict(run: OperationRun, freshness: OperationRunFreshnessState) -> dic
         "tenant_id": run.tenant_id,
         "user_id": run.user_id,
         "attempts": run.attempts,
+        "max_attempts": policy.max_attempts(run.type) if policy.supports(run.type) else None,
+        "requeued_at": iso(run.requeued_at),
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),
         "last_heartbeat_at": iso(run.last_heartbeat_at),
@@ -98,7 +103,7 @@ def list_runs(
         for run in result.scalars():
             state = OperationRunFreshnessState.for_run(run, policy, now)
             if freshness is None or state is freshness:
-                listed.append(run_to_dict(run, state))
+                listed.append(run_to_dict(run, state, policy))
                 if len(listed) >= limit:
                     break
     return listed

@@ -31,6 +31,7 @@ _ACTIVE = select(
     OperationRun.started_at,
     OperationRun.last_heartbeat_at,
     OperationRun.retry_due_at,
+    OperationRun.requeued_at,
 ).where(text(NON_TERMINAL_SQL))
 
 _AUDIT_REASON = AuditLog.metadata_["reason_code"].as_string()

@@ -47,7 +47,19 @@ _SECTIONS = frozenset({"reconciliation", "workers", "types", "tenancy"})
 _RECONCILIATION_KEYS = frozenset({"batch_limit", "interval_seconds"})
 _WORKERS_KEYS = frozenset({"heartbeat_interval_seconds", "lost_after_seconds"})
 _REQUIRED_TYPE_KEYS = ("queued_stale_after_seconds", "running_stale_after_seconds")
-_OPTIONAL_TYPE_KEYS = ("scheduled_reconciliation", "direct_failed_bridge")
+_OPTIONAL_TYPE_KEYS = (
+    "scheduled_reconciliation",
+    "direct_failed_bridge",
+    "recovery",
+    "max_attempts",
+)
+#: What the reconciler does with a run whose message was lost or whose worker died.
+RECOVERY_FAIL = "fail"
+RECOVERY_RETRY = "retry"
+RECOVERIES = (RECOVERY_FAIL, RECOVERY_RETRY)
+#: The most attempts a type may ask for: recovery is for a lost message or a dead worker,
+#: not a retry loop.
+MAX_ATTEMPTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,22 @@ class TypePolicy:
     running_stale_after_seconds: int
     scheduled_reconciliation: bool = True
     direct_failed_bridge: bool = True
+    #: "retry": a run whose message was lost or whose worker died is requeued while it
+    #: has attempts left; "fail": it fails (run.stale_queued / run.worker_lost).
+    recovery: str = RECOVERY_FAIL
+    #: tries a run gets: attempts started plus messages that never started (>= 1).
+    max_attempts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.recovery not in RECOVERIES:
+            raise ValueError(f"recovery must be 'fail' or 'retry', not {self.recovery!r}")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"max_attempts must be between 1 and {MAX_ATTEMPTS}")
+
+    @property
+    def retries(self) -> bool:
+        """Whether a run of this type can be requeued at all."""
+        return self.recovery == RECOVERY_RETRY and self.max_attempts > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +143,8 @@ class LifecyclePolicy:
                     "running_stale_after_seconds": t.running_stale_after_seconds,
                     "scheduled_reconciliation": t.scheduled_reconciliation,
                     "direct_failed_bridge": t.direct_failed_bridge,
+                    "recovery": t.recovery,
+                    "max_attempts": t.max_attempts,
                 }
                 for t in sorted(self.types, key=lambda t: t.name)
             },
@@ -170,6 +200,14 @@ class LifecyclePolicy:
 
     def running_stale_after_seconds(self, type_name: str) -> int:
         return self.type_policy(type_name).running_stale_after_seconds
+
+    def max_attempts(self, type_name: str) -> int:
+        return self.type_policy(type_name).max_attempts
+
+    def retries(self, type_name: str) -> bool:
+        """Whether a lost or abandoned run of this type is requeued while attempts last."""
+        found = self._by_name.get(type_name)
+        return found is not None and found.retries
 
     def requires_direct_failed_bridge(self, type_name: str) -> bool:
         # Uncovered types have no scheduled safety net, so the bridge must handle them.
@@ -278,6 +316,12 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
             entry, _OPTIONAL_TYPE_KEYS[0], f"{where}.{_OPTIONAL_TYPE_KEYS[0]}", fail
         )
         bridge = _boolean(entry, _OPTIONAL_TYPE_KEYS[1], f"{where}.{_OPTIONAL_TYPE_KEYS[1]}", fail)
+        recovery = entry.get("recovery", RECOVERY_FAIL)
+        if recovery not in RECOVERIES:
+            raise fail(f"{where}.recovery", f"must be 'fail' or 'retry' (got {recovery!r})")
+        max_attempts = _positive_int(
+            entry, "max_attempts", f"{where}.max_attempts", fail, 1, maximum=MAX_ATTEMPTS
+        )
         type_policies.append(
             TypePolicy(
                 name=name,
@@ -285,6 +329,8 @@ def parse_policy(text: str, *, source: str = "<policy>") -> LifecyclePolicy:
                 running_stale_after_seconds=running,
                 scheduled_reconciliation=scheduled,
                 direct_failed_bridge=bridge,
+                recovery=recovery,
+                max_attempts=max_attempts,
             )
         )
 

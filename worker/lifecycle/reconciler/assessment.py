@@ -21,21 +21,25 @@ from worker.lifecycle.liveness import WorkerSnapshot, WorkerState, judged_by_wor
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.reconciler.results import ReconcileChange
+from worker.lifecycle.recovery import Action, action_for, attempt_evidence
 
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
-    """Why a run should be force-failed and the evidence recorded with it."""
+    """Why a run should be force-failed (or, for a ``retry`` type with attempts left,
+    requeued) and the evidence recorded with it."""
 
     should_reconcile: bool
     reason_code: str
     reason_message: str
     freshness_state: OperationRunFreshnessState
     evidence: dict[str, Any]
+    action: Action = Action.FORCE_FAIL
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "should_reconcile": self.should_reconcile,
+            "action": self.action.value,
             "reason_code": self.reason_code,
             "reason_message": self.reason_message,
             "evidence": self.evidence,
@@ -73,11 +77,13 @@ def assess(
     legitimacy: LegitimacyResult,
     worker: WorkerSnapshot | None = None,
 ) -> Assessment | None:
-    """Why ``run`` (as loaded) should be force-failed at ``now``; None if it should not.
+    """Why ``run`` (as loaded) should be force-failed or requeued at ``now``; None if
+    neither.
 
     ``worker`` is the worker that started its current attempt (None: none recorded). A
-    running run whose worker is gone fails with ``run.worker_lost`` at once, judged from
-    the worker's last sign of life; otherwise the type's window decides.
+    running run whose worker is gone is taken at once (``run.worker_lost``), judged from
+    the worker's last sign of life; otherwise the type's window decides. Then recovery
+    (:func:`worker.lifecycle.recovery.action_for`) says whether it is requeued or failed.
     """
     if run.status == RunStatus.COMPLETED or not policy.supports_scheduled_reconciliation(run.type):
         return None
@@ -101,6 +107,7 @@ def assess(
         reason_code=reason.value,
         reason_message=reason.default_message,
         freshness_state=freshness,
+        action=action_for(run, policy, reason.value),
         evidence={
             "evaluated_at": iso(now),
             "freshness_state": freshness.value,
@@ -111,6 +118,7 @@ def assess(
             "terminal_truth_path": policy.terminal_truth_path(run.type),
             "policy_sha256": policy.sha256,
             "worker": worker.evidence() if worker is not None else None,
+            **attempt_evidence(run, policy),
         },
     )
 
@@ -128,4 +136,5 @@ def change_of(run: RunLike, assessment: Assessment, *, applied: bool) -> Reconci
         reason_code=assessment.reason_code,
         reason_message=assessment.reason_message,
         evidence=assessment.evidence,
+        action=assessment.action.value,
     )

@@ -22,7 +22,9 @@ from worker.lifecycle.gate import LegitimacyResult, QueuedExecutionLegitimacyGat
 from worker.lifecycle.listing import run_to_dict
 from worker.lifecycle.liveness import WorkerSnapshot, WorkerState, judged_by_worker, worker_of
 from worker.lifecycle.policy import LifecyclePolicy
+from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.reconciler.assessment import Assessment, assess, stale_reason
+from worker.lifecycle.recovery import RECOVERABLE_REASONS, Action, current_attempt
 from worker.lifecycle.terminal import TerminalRecord, audit_rows, terminal_record
 
 
@@ -46,6 +48,10 @@ class RunExplanation:
     terminal: TerminalRecord | None = None
     #: the run's audit rows, oldest first
     audit: list[dict[str, Any]] = field(default_factory=list)
+    #: the try it is on, attempts started, and its type's limit (None: not covered)
+    attempt: int = 1
+    attempts: int = 0
+    max_attempts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +68,9 @@ class RunExplanation:
             "worker": self.worker,
             "terminal": self.terminal.to_dict() if self.terminal else None,
             "audit": list(self.audit),
+            "attempt": self.attempt,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
         }
 
 
@@ -95,9 +104,10 @@ def explain(
         reconciliation=reconciliation,
         worker=worker,
         terminal=terminal,
+        assessment=assessment,
     )
     return RunExplanation(
-        run=run_to_dict(run, freshness),
+        run=run_to_dict(run, freshness, policy),
         freshness_state=freshness,
         would_reconcile=assessment is not None,
         why=why,
@@ -117,6 +127,9 @@ def explain(
         ),
         terminal=terminal,
         audit=audit_rows(session, run.id),
+        attempt=current_attempt(run),
+        attempts=run.attempts,
+        max_attempts=policy.max_attempts(run.type) if policy.supports(run.type) else None,
     )
 
 
@@ -131,6 +144,7 @@ def _why(
     reconciliation: Any,
     worker: WorkerSnapshot | None = None,
     terminal: TerminalRecord | None = None,
+    assessment: Assessment | None = None,
 ) -> str:
     if freshness is OperationRunFreshnessState.RECONCILED_FAILED:
         record = reconciliation if isinstance(reconciliation, Mapping) else {}
@@ -172,17 +186,35 @@ def _why(
             return (
                 f"{run.status} on worker {worker.nodename} (pid {worker.pid}), which is "
                 f"{state.value}: {ended} {seen} s ago (lost after "
-                f"{policy.workers.lost_after_seconds} s); the next pass fails it with "
-                "run.worker_lost"
+                f"{policy.workers.lost_after_seconds} s); {_next_pass(assessment, run, policy)}"
             )
         on_worker = f" on worker {worker.nodename} (pid {worker.pid}, alive, seen {seen} s ago)"
     if freshness is OperationRunFreshnessState.LIKELY_STALE:
         reason = stale_reason(run.status)
         return (
             f"{run.status}{on_worker}, {since} {age} s ago, past its "
-            f"{window.threshold_seconds} s window: the next pass fails it with {reason.value}"
+            f"{window.threshold_seconds} s window: {_next_pass(assessment, run, policy, reason)}"
         )
     return (
         f"{run.status}{on_worker}, {since} {age} s ago, within its {window.threshold_seconds} s "
         f"window; likely stale after {stale_after.isoformat()}"
     )
+
+
+def _next_pass(
+    assessment: Assessment | None,
+    run: RunLike,
+    policy: LifecyclePolicy,
+    reason: ReasonCode = ReasonCode.WORKER_LOST,
+) -> str:
+    """What the next pass does: fail the run, or requeue it (recovery = "retry")."""
+    if assessment is not None:
+        reason = ReasonCode(assessment.reason_code)
+    limit = policy.max_attempts(run.type)
+    if assessment is not None and assessment.action is Action.REQUEUE:
+        return (
+            f"the next pass requeues it ({reason.value}; attempt {current_attempt(run)} of {limit})"
+        )
+    if policy.retries(run.type) and reason.value in RECOVERABLE_REASONS:
+        return f"the next pass fails it with {reason.value} (attempts exhausted: {limit})"
+    return f"the next pass fails it with {reason.value}"

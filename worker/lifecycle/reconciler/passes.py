@@ -32,6 +32,7 @@ from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.reconciler.assessment import assess, change_of
 from worker.lifecycle.reconciler.options import ReconcileOptions
 from worker.lifecycle.reconciler.results import ReconcileChange, ReconcileResult
+from worker.lifecycle.recovery import REQUEUE_AUDIT_ACTION, Action, Requeue, apply_requeues
 from worker.lifecycle.sql import statement
 from worker.lifecycle.transitions import apply_terminal_transitions, forced_failure
 
@@ -60,6 +61,8 @@ def policy_rows(policy: LifecyclePolicy, types: Sequence[str], now: datetime | N
             "queued_s": queued_s,
             "running_s": running_s,
             "truth_path": policy.terminal_truth_path(name),
+            "retry": policy.retries(name),
+            "max_attempts": policy.max_attempts(name),
         }
         if now is not None:
             row["queued_cutoff"] = sqlite_timestamp(now - timedelta(seconds=queued_s))
@@ -89,6 +92,7 @@ def pass_parameters(
         "worker_lost_message": ReasonCode.WORKER_LOST.default_message,
         "lost_after_s": policy.workers.lost_after_seconds,
         "audit_action": ReasonCode.STALE_RUNNING.audit_action,
+        "requeue_action": REQUEUE_AUDIT_ACTION,
         "policy_sha256": policy.sha256,
     }
 
@@ -107,7 +111,11 @@ def statement_pass(
     proposed = candidates if options.dry_run else reconciled
     _log_pass(options, candidates, reconciled)
     return ReconcileResult(
-        candidates, reconciled, candidates - proposed, changes_json=row.changes or "[]"
+        candidates,
+        reconciled,
+        candidates - proposed,
+        changes_json=row.changes or "[]",
+        requeued=int(row.requeued),
     )
 
 
@@ -133,9 +141,10 @@ def python_pass(
     workers: dict[int, WorkerSnapshot | None] = {}
     for row in session.execute(statement("sqlite", "scan_stale_runs"), params):
         worker_id = row.worker_id
-        # The first twelve columns are RunSnapshot's, up to worker_id; then the worker's.
-        runs.append(RunSnapshot(*row[:12]))
-        workers[row.id] = WorkerSnapshot(*row[11:]) if worker_id is not None else None
+        # The first fifteen columns are RunSnapshot's, up to unstarted_attempts; then the
+        # worker's (its id is worker_id).
+        runs.append(RunSnapshot(*row[:15]))
+        workers[row.id] = WorkerSnapshot(worker_id, *row[15:]) if worker_id is not None else None
     legitimacy = gate.evaluate_many(session, runs)
     proposed: list[ReconcileChange] = []
     for run in runs:
@@ -144,7 +153,23 @@ def python_pass(
             proposed.append(change_of(run, assessment, applied=False))
     if options.dry_run:
         return ReconcileResult(len(runs), 0, len(runs) - len(proposed), tuple(proposed))
+    by_id = {run.id: run for run in runs}
     statuses = {run.id: RunStatus(run.status) for run in runs}
+    # The pass holds SQLite's write lock (BEGIN IMMEDIATE) from its scan on: the rows are
+    # as scanned, and the compare-and-set on status and attempts is the belt and braces.
+    requeues = [
+        Requeue(
+            change.operation_run_id,
+            reason_code=change.reason_code,
+            reason_message=change.reason_message,
+            source=options.source,
+            evidence=change.evidence,
+            expected_status=statuses[change.operation_run_id],
+            expected_attempt=by_id[change.operation_run_id].attempts,
+        )
+        for change in proposed
+        if change.action == Action.REQUEUE
+    ]
     transitions = [
         forced_failure(
             change.operation_run_id,
@@ -157,14 +182,18 @@ def python_pass(
             expected_status=statuses[change.operation_run_id],
         )
         for change in proposed
+        if change.action == Action.FORCE_FAIL
     ]
     won = set(apply_terminal_transitions(session, transitions, now=now))
+    requeued = set(apply_requeues(session, requeues, now=now))
+    won |= requeued
     applied = tuple(replace(c, applied=True) for c in proposed if c.operation_run_id in won)
     # Per run at DEBUG only: a drain can fail thousands of runs, each has its audit row,
     # and the periodic task logs one summary line per tick.
     for change in applied:
         logger.debug(
-            "force-failed operation run %s (%s)",
+            "%s operation run %s (%s)",
+            "requeued" if change.action == Action.REQUEUE else "force-failed",
             change.operation_run_id,
             change.reason_code,
             extra={
@@ -174,7 +203,9 @@ def python_pass(
             },
         )
     _log_pass(options, len(runs), len(applied))
-    return ReconcileResult(len(runs), len(applied), len(runs) - len(applied), applied)
+    return ReconcileResult(
+        len(runs), len(applied), len(runs) - len(applied), applied, requeued=len(requeued)
+    )
 
 
 def _log_pass(options: ReconcileOptions, candidates: int, reconciled: int) -> None:

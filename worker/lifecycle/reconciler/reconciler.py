@@ -11,6 +11,11 @@ assessment), with the contract's differences:
   number of statements per pass however many runs it fails (one on PostgreSQL).
 
 Which pass runs is decided once per call, in :meth:`OperationLifecycleReconciler._passes`.
+
+Recovery: a pass may requeue runs (``recovery = "retry"``) instead of failing them. Given
+a publisher (the task layer's; this package never imports Celery) and an engine, the
+reconciler publishes their messages after each pass that requeued and, first thing in
+every call, any requeue still waiting for its message (:mod:`worker.lifecycle.recovery`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import OperationRun, RunStatus
@@ -38,6 +44,14 @@ from worker.lifecycle.reconciler.explain import RunExplanation, explain
 from worker.lifecycle.reconciler.options import SCHEDULED_SOURCE, ReconcileOptions, scan_types
 from worker.lifecycle.reconciler.passes import PassPlan, python_pass, statement_pass
 from worker.lifecycle.reconciler.results import DrainResult, ReconcileChange, ReconcileResult
+from worker.lifecycle.recovery import (
+    Action,
+    Publisher,
+    PublishResult,
+    Requeue,
+    apply_requeues,
+    publish_pending,
+)
 from worker.lifecycle.transitions import end_run, forced_failure
 
 Options = ReconcileOptions | Mapping[str, Any] | None
@@ -50,12 +64,16 @@ class OperationLifecycleReconciler:
         *,
         now: Callable[[], datetime] | None = None,
         gate: QueuedExecutionLegitimacyGate | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         """``now`` pins the clock (tests); by default every decision is made on the
-        database's clock (:mod:`worker.lifecycle.clock`)."""
+        database's clock (:mod:`worker.lifecycle.clock`). ``publisher`` hands a requeued
+        run's new message to the broker; without one, requeued runs wait in the outbox
+        for a reconciler that has one."""
         self._policy = policy
         self._now = now
         self._gate = gate or QueuedExecutionLegitimacyGate(policy)
+        self._publisher = publisher
 
     @property
     def policy(self) -> LifecyclePolicy:
@@ -85,7 +103,7 @@ class OperationLifecycleReconciler:
         ``limit`` is the size of each pass. Holds every change; :meth:`iter_passes`
         streams them instead. ``on_pass(passes, reconciled)`` is called with the sums so
         far after each pass (the CLI's progress line)."""
-        candidates = reconciled = skipped = passes = 0
+        candidates = reconciled = skipped = passes = requeued = 0
         pieces: list[str] = []
         results = self.iter_passes(
             engine, options, max_passes=max_passes, budget_seconds=budget_seconds
@@ -96,6 +114,7 @@ class OperationLifecycleReconciler:
                 candidates += result.candidates
                 reconciled += result.reconciled
                 skipped += result.skipped
+                requeued += result.requeued
                 items = result.changes_json_items()
                 if items:
                     pieces.append(items)
@@ -104,7 +123,12 @@ class OperationLifecycleReconciler:
                 if between_passes is not None and not between_passes():
                     break
         return DrainResult(
-            candidates, reconciled, skipped, changes_json=f"[{','.join(pieces)}]", passes=passes
+            candidates,
+            reconciled,
+            skipped,
+            changes_json=f"[{','.join(pieces)}]",
+            passes=passes,
+            requeued=requeued,
         )
 
     def iter_passes(
@@ -149,11 +173,16 @@ class OperationLifecycleReconciler:
         policy, gate = self._policy, self._gate
         if not is_sqlite(target):
             if isinstance(target, Session):
+                # The caller's transaction: its requeues are published by a later call.
                 yield lambda: statement_pass(target, policy, plan, self._pinned())
                 return
             connection = target.connect().execution_options(isolation_level="AUTOCOMMIT")
             with connection:
-                yield lambda: statement_pass(connection, policy, plan, self._pinned())
+                yield self._publishing(
+                    lambda: statement_pass(connection, policy, plan, self._pinned()),
+                    connection,
+                    options,
+                )
             return
         if isinstance(target, Session):
             yield lambda: python_pass(target, policy, gate, plan, self._clock(target))
@@ -165,7 +194,35 @@ class OperationLifecycleReconciler:
             with open_session(target) as session:
                 return python_pass(session, policy, gate, plan, self._clock(session))
 
-        yield one_transaction
+        yield self._publishing(one_transaction, target, options)
+
+    def _publishing(
+        self,
+        run_pass: Callable[[], ReconcileResult],
+        target: Engine | Connection,
+        options: ReconcileOptions,
+    ) -> Callable[[], ReconcileResult]:
+        """``run_pass``, publishing after each pass (committed by then) the requeues it
+        made; and, before the call's first pass, any requeue still waiting for its
+        message (a broker that was down, a process that stopped before publishing)."""
+        publisher = self._publisher
+        if publisher is None or options.dry_run:
+            return run_pass
+        publish_pending(target, publisher)
+
+        def run() -> ReconcileResult:
+            result = run_pass()
+            if result.requeued:
+                publish_pending(target, publisher)
+            return result
+
+        return run
+
+    def publish_pending(self, target: Engine) -> PublishResult:
+        """Publish every requeued run still waiting for its message (needs a publisher)."""
+        if self._publisher is None:
+            raise RuntimeError("this reconciler has no publisher")
+        return publish_pending(target, self._publisher)
 
     # -- single runs (the seed's reconcileRun / assessment) ---------------------------
 
@@ -189,6 +246,20 @@ class OperationLifecycleReconciler:
         change = change_of(run, assessment, applied=False)
         if dry_run:
             return change
+        if assessment.action is Action.REQUEUE:
+            # In the caller's transaction: the message is published by a later call.
+            requeue = Requeue(
+                run.id,
+                reason_code=assessment.reason_code,
+                reason_message=assessment.reason_message,
+                source=source,
+                evidence=assessment.evidence,
+                expected_status=RunStatus(run.status),
+                expected_attempt=run.attempts,
+                expected_task_id=getattr(run, "celery_task_id", None),
+            )
+            won = bool(apply_requeues(session, [requeue], now=now))
+            return replace(change, applied=True) if won else None
         transition = forced_failure(
             run.id,
             reason_code=assessment.reason_code,

@@ -10,10 +10,20 @@ from typing import Any
 from models import RunOutcome, RunStatus
 from worker.lifecycle.freshness import OperationRunFreshnessState
 
+FORCE_FAIL = "force_fail"
+REQUEUE = "requeue"
+#: Where each action leaves the run.
 _AFTER = {
-    "status": RunStatus.COMPLETED.value,
-    "outcome": RunOutcome.FAILED.value,
-    "freshness_state": OperationRunFreshnessState.RECONCILED_FAILED.value,
+    FORCE_FAIL: {
+        "status": RunStatus.COMPLETED.value,
+        "outcome": RunOutcome.FAILED.value,
+        "freshness_state": OperationRunFreshnessState.RECONCILED_FAILED.value,
+    },
+    REQUEUE: {
+        "status": RunStatus.QUEUED.value,
+        "outcome": RunOutcome.PENDING.value,
+        "freshness_state": OperationRunFreshnessState.FRESH.value,
+    },
 }
 
 
@@ -26,14 +36,17 @@ class ReconcileChange:
     reason_code: str
     reason_message: str
     evidence: dict[str, Any]
+    #: "force_fail" (the run completes as failed) or "requeue" (back to queued)
+    action: str = FORCE_FAIL
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "applied": self.applied,
             "operation_run_id": self.operation_run_id,
             "type": self.type,
+            "action": self.action,
             "before": dict(self.before),
-            "after": dict(_AFTER),
+            "after": dict(_AFTER[self.action]),
             "reason_code": self.reason_code,
             "reason_message": self.reason_message,
             "evidence": self.evidence,
@@ -49,6 +62,7 @@ class ReconcileChange:
             reason_code=str(data["reason_code"]),
             reason_message=str(data["reason_message"]),
             evidence=dict(data["evidence"]),
+            action=str(data.get("action", FORCE_FAIL)),
         )
 
 
@@ -60,7 +74,7 @@ class ReconcileResult:
     if someone asks for the objects, and :meth:`changes_json_items` hands it on as is.
     """
 
-    __slots__ = ("_changes", "_changes_json", "candidates", "reconciled", "skipped")
+    __slots__ = ("_changes", "_changes_json", "candidates", "reconciled", "requeued", "skipped")
 
     def __init__(
         self,
@@ -70,10 +84,14 @@ class ReconcileResult:
         changes: Sequence[ReconcileChange] = (),
         *,
         changes_json: str | None = None,
+        requeued: int = 0,
     ) -> None:
         self.candidates = candidates
+        #: applied changes, requeues included
         self.reconciled = reconciled
         self.skipped = skipped
+        #: how many of the applied changes were requeues (their messages still to publish)
+        self.requeued = requeued
         self._changes: tuple[ReconcileChange, ...] | None = (
             None if changes_json is not None else tuple(changes)
         )
@@ -115,9 +133,18 @@ class DrainResult(ReconcileResult):
     __slots__ = ("passes",)
 
     def __init__(
-        self, candidates: int, reconciled: int, skipped: int, *, changes_json: str, passes: int
+        self,
+        candidates: int,
+        reconciled: int,
+        skipped: int,
+        *,
+        changes_json: str,
+        passes: int,
+        requeued: int = 0,
     ) -> None:
-        super().__init__(candidates, reconciled, skipped, changes_json=changes_json)
+        super().__init__(
+            candidates, reconciled, skipped, changes_json=changes_json, requeued=requeued
+        )
         self.passes = passes
 
     def to_dict(self) -> dict[str, Any]:

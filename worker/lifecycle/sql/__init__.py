@@ -104,6 +104,7 @@ _RESULT_TYPES: dict[str, TypeEngine[Any]] = {
     "started_at": UtcDateTime(),
     "last_heartbeat_at": UtcDateTime(),
     "retry_due_at": UtcDateTime(),
+    "requeued_at": UtcDateTime(),
     "stopped_at": UtcDateTime(),
     "worker_started_at": UtcDateTime(),
     "worker_last_heartbeat_at": UtcDateTime(),

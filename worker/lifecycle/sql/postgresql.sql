@@ -4,9 +4,9 @@
 -- predicate of ix_operation_runs_active_scan and scans every completed run.
 
 -- name: reconcile_pass
--- One reconciliation pass as one statement: stale scan, legitimacy gate, evidence, compare-and-set write with its audit rows, and the pass's result; with :dry_run the same result and no write.
--- :policy is a JSON array of {type, queued_s, running_s, truth_path}, one per type the
--- pass covers; the cutoffs are the database's clock less each threshold. :tenant_ids and :workspace_ids are NULL
+-- One reconciliation pass as one statement: stale scan, legitimacy gate, evidence, recovery (requeue or fail), compare-and-set writes with their audit rows, and the pass's result; with :dry_run the same result and no write.
+-- :policy is a JSON array of {type, queued_s, running_s, truth_path, retry, max_attempts},
+-- one per type the pass covers (retry: recovery = "retry" with max_attempts > 1); the cutoffs are the database's clock less each threshold. :tenant_ids and :workspace_ids are NULL
 -- (every run) or arrays. The scan walks ix_operation_runs_active_scan in its own order,
 -- (type, status, created_at, id), and stops at :limit whatever the ties in created_at:
 -- ORDER BY id would walk the primary key past every completed run, and a tie-breaker the
@@ -17,20 +17,26 @@
 WITH clock AS (
     SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now
 ), policy AS (
-    SELECT p.type, p.queued_s, p.running_s, p.truth_path,
+    SELECT p.type, p.queued_s, p.running_s, p.truth_path, p.retry, p.max_attempts,
            clock.now - make_interval(secs => p.queued_s) AS queued_cutoff,
            clock.now - make_interval(secs => p.running_s) AS running_cutoff
     FROM jsonb_to_recordset(CAST(:policy AS jsonb))
-             AS p(type text, queued_s int, running_s int, truth_path text)
+             AS p(type text, queued_s int, running_s int, truth_path text, retry boolean,
+                  max_attempts int)
     CROSS JOIN clock
 ), candidates AS (
     SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
+           r.attempts, p.retry, p.max_attempts,
+           -- The try the run is on (worker/lifecycle/recovery.py current_attempt): the
+           -- attempts started, the messages that never started, and a queued run's own.
+           r.attempts + r.unstarted_attempts + CASE WHEN r.status = 'queued' THEN 1 ELSE 0 END
+               AS attempt,
            w.lost AS worker_lost,
            CASE WHEN w.lost THEN CAST(:lost_after_s AS int)
                 WHEN r.status = 'queued' THEN p.queued_s ELSE p.running_s END
                AS threshold_seconds,
            CASE WHEN w.lost THEN COALESCE(w.stopped_at, w.last_heartbeat_at)
-                WHEN r.status = 'queued' THEN r.created_at
+                WHEN r.status = 'queued' THEN COALESCE(r.requeued_at, r.created_at)
                 ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
                               r.retry_due_at) END
                AS reference_time,
@@ -54,7 +60,9 @@ WITH clock AS (
     WHERE r.status IN ('queued', 'running')
       -- A running run's last sign of life, or the time its retry is due if later
       -- (GREATEST ignores a NULL retry_due_at); or its worker is gone.
-      AND (CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
+      -- A queued run's window counts from its requeue, if it was requeued.
+      AND (CASE WHEN r.status = 'queued'
+                THEN COALESCE(r.requeued_at, r.created_at) < p.queued_cutoff
                 ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
                               r.retry_due_at) < p.running_cutoff END
            OR w.lost)
@@ -86,6 +94,12 @@ WITH clock AS (
            CASE WHEN g.lost_now THEN CAST(:worker_lost_message AS text)
                 WHEN g.status = 'queued' THEN CAST(:stale_queued_message AS text)
                 ELSE CAST(:stale_running_message AS text) END AS reason_message,
+           -- Recovery (worker/lifecycle/recovery.py action_for): a lost message (queued
+           -- past its window) or a lost worker, on a retry type with tries left, is
+           -- requeued; anything else -- a hung body above all -- fails.
+           CASE WHEN g.retry AND (g.lost_now OR g.status = 'queued')
+                     AND g.attempt < g.max_attempts THEN 'requeue'
+                ELSE 'force_fail' END AS action,
            -- The first failing check names the gate's reason, in the gate's order.
            CASE WHEN NOT g.tenant_exists THEN 'execution.tenant_missing'
                 WHEN NOT g.tenant_active THEN 'execution.tenant_inactive'
@@ -100,7 +114,7 @@ WITH clock AS (
     FROM gated AS g CROSS JOIN clock
 ), v AS MATERIALIZED (
     SELECT a.id, a.type, a.status, a.outcome, a.reason_code, a.reason_message,
-           a.evaluated_at,
+           a.evaluated_at, a.action, a.attempts,
            json_build_object(
                'evaluated_at', a.evaluated_at,
                'freshness_state', 'likely_stale',
@@ -128,9 +142,12 @@ WITH clock AS (
                    'last_heartbeat_at', to_char(a.worker_last_heartbeat_at AT TIME ZONE 'UTC',
                        'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
                    'stopped_at', to_char(a.worker_stopped_at AT TIME ZONE 'UTC',
-                       'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')) END) AS evidence
+                       'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')) END,
+               'attempt', a.attempt,
+               'attempts', a.attempts,
+               'max_attempts', a.max_attempts) AS evidence
     FROM assessed AS a
-), updated AS (
+), failed AS (
     UPDATE operation_runs AS r SET
         status = 'completed',
         outcome = 'failed',
@@ -148,39 +165,78 @@ WITH clock AS (
     -- Compare-and-set on the status judged: the rows are locked, but a queued run that
     -- started meanwhile must never be failed as "never started".
     WHERE r.id = v.id
+      AND v.action = 'force_fail'
       AND r.status IN ('queued', 'running')
       AND r.status = v.status
+      AND NOT CAST(:dry_run AS boolean)
+    RETURNING r.id, r.workspace_id, r.tenant_id
+), requeued AS (
+    -- Back to queued under a fresh task id, generated here (gen_random_uuid, one per row):
+    -- the old delivery's every write is fenced on the old one. The outbox flag is set in
+    -- the same write; the new message is published after this statement commits. The
+    -- rows are disjoint from the failed ones, so each row is updated once.
+    UPDATE operation_runs AS r SET
+        status = 'queued',
+        celery_task_id = CAST(gen_random_uuid() AS text),
+        worker_id = NULL,
+        retry_due_at = NULL,
+        requeued_at = clock.now,
+        updated_at = clock.now,
+        publish_pending = true,
+        -- SET expressions read the row as it was: a queued run's try was a lost message.
+        unstarted_attempts = r.unstarted_attempts
+                             + CASE WHEN r.status = 'queued' THEN 1 ELSE 0 END
+    FROM v CROSS JOIN clock
+    WHERE r.id = v.id
+      AND v.action = 'requeue'
+      AND r.status IN ('queued', 'running')
+      AND r.status = v.status
+      AND r.attempts = v.attempts
       AND NOT CAST(:dry_run AS boolean)
     RETURNING r.id, r.workspace_id, r.tenant_id
 ), audited AS (
     INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
                             resource_type, resource_id, metadata, recorded_at)
-    SELECT u.workspace_id, u.tenant_id, 'system', CAST(:source AS text),
-           CAST(:audit_action AS text), 'operation_run', CAST(u.id AS text),
+    SELECT u.workspace_id, u.tenant_id, 'system', CAST(:source AS text), u.action,
+           'operation_run', CAST(u.id AS text),
            jsonb_build_object('reason_code', v.reason_code,
                               'reason_message', v.reason_message,
                               'source', CAST(:source AS text),
-                              'outcome', 'failed',
+                              'outcome', u.outcome,
                               'evidence', CAST(v.evidence AS jsonb)),
            clock.now
-    FROM updated AS u JOIN v ON v.id = u.id CROSS JOIN clock
+    FROM (SELECT f.id, f.workspace_id, f.tenant_id, CAST(:audit_action AS text) AS action,
+                 'failed' AS outcome
+          FROM failed AS f
+          UNION ALL
+          SELECT q.id, q.workspace_id, q.tenant_id, CAST(:requeue_action AS text),
+                 'pending'
+          FROM requeued AS q) AS u
+    JOIN v ON v.id = u.id CROSS JOIN clock
 )
 SELECT (SELECT count(*) FROM v) AS candidates,
-       (SELECT count(*) FROM updated) AS reconciled,
+       (SELECT count(*) FROM failed) + (SELECT count(*) FROM requeued) AS reconciled,
+       (SELECT count(*) FROM requeued) AS requeued,
        (SELECT CAST(json_agg(json_build_object(
             'applied', NOT CAST(:dry_run AS boolean),
             'operation_run_id', v.id,
             'type', v.type,
+            'action', v.action,
             'before', json_build_object('status', v.status,
                                         'outcome', v.outcome,
                                         'freshness_state', 'likely_stale'),
-            'after', json_build_object('status', 'completed', 'outcome', 'failed',
-                                       'freshness_state', 'reconciled_failed'),
+            'after', CASE WHEN v.action = 'requeue'
+                          THEN json_build_object('status', 'queued', 'outcome', 'pending',
+                                                 'freshness_state', 'fresh')
+                          ELSE json_build_object('status', 'completed', 'outcome', 'failed',
+                                                 'freshness_state', 'reconciled_failed') END,
             'reason_code', v.reason_code,
             'reason_message', v.reason_message,
             'evidence', v.evidence) ORDER BY v.id) AS text)
         FROM v
-        WHERE CAST(:dry_run AS boolean) OR v.id IN (SELECT u.id FROM updated AS u)) AS changes;
+        WHERE CAST(:dry_run AS boolean)
+           OR v.id IN (SELECT f.id FROM failed AS f UNION ALL SELECT q.id FROM requeued AS q))
+           AS changes;
 
 -- name: end_runs
 -- The terminal write of a batch of runs: compare-and-set on the status, one audit row for each run won with an audit action; returns the ids won.
@@ -259,3 +315,62 @@ WHERE id = :run_id
   AND status = 'running'
   AND attempts = :attempt
   AND celery_task_id = :celery_task_id;
+
+-- name: requeue_runs
+-- Recovery outside the pass (reconcile_run): runs back to queued under the new task ids of :payload (Requeue.payload() objects), compare-and-set on the status, attempts and task id judged, one audit row each; returns the ids won.
+-- reconcile_pass does the same for a whole pass in its own statement. A queued run's try
+-- was a message that never started: unstarted_attempts counts it (SET expressions read
+-- the row as it was).
+WITH clock AS (
+    SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now
+), v AS MATERIALIZED (
+    SELECT v.* FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS v(
+        id bigint, expected_status text, expected_attempt int, expected_task_id text,
+        celery_task_id text, source text, audit_action text, outcome text, record jsonb)
+), requeued AS (
+    UPDATE operation_runs AS r SET
+        status = 'queued',
+        celery_task_id = v.celery_task_id,
+        worker_id = NULL,
+        retry_due_at = NULL,
+        requeued_at = clock.now,
+        updated_at = clock.now,
+        publish_pending = true,
+        unstarted_attempts = r.unstarted_attempts
+                             + CASE WHEN r.status = 'queued' THEN 1 ELSE 0 END
+    FROM v CROSS JOIN clock
+    WHERE r.id = v.id
+      AND r.status IN ('queued', 'running')
+      AND r.status = v.expected_status
+      AND r.attempts = v.expected_attempt
+      AND (v.expected_task_id IS NULL OR r.celery_task_id = v.expected_task_id)
+    RETURNING r.id, r.workspace_id, r.tenant_id
+), audited AS (
+    INSERT INTO audit_logs (workspace_id, tenant_id, actor_type, actor_id, action,
+                            resource_type, resource_id, metadata, recorded_at)
+    SELECT u.workspace_id, u.tenant_id, 'system', v.source, v.audit_action,
+           'operation_run', CAST(u.id AS text),
+           jsonb_build_object('reason_code', v.record -> 'reason_code',
+                              'reason_message', v.record -> 'reason_message',
+                              'source', v.source,
+                              'outcome', v.outcome,
+                              'evidence', v.record -> 'evidence'),
+           clock.now
+    FROM requeued AS u JOIN v ON v.id = u.id CROSS JOIN clock
+)
+SELECT u.id FROM requeued AS u;
+
+-- name: claim_publications
+-- The outbox: take up to :limit requeued runs whose new message is not yet published, clearing their flag; the caller publishes the queued ones after this commits.
+-- SKIP LOCKED: a claimer never waits for, nor takes, a run another transaction holds
+-- (a pass requeueing it, another claimer).
+UPDATE operation_runs AS r SET publish_pending = false
+WHERE r.id IN (SELECT p.id FROM operation_runs AS p WHERE p.publish_pending
+               ORDER BY p.id LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING r.id, r.type, r.status, r.celery_task_id, r.attempts;
+
+-- name: release_publications
+-- The outbox: give back the claims whose publish failed (:payload, a JSON array of {id, celery_task_id}), for a later call to publish; a run requeued again or ended meanwhile is left alone.
+UPDATE operation_runs AS r SET publish_pending = true
+FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS p(id bigint, celery_task_id text)
+WHERE r.id = p.id AND r.celery_task_id = p.celery_task_id AND r.status = 'queued';

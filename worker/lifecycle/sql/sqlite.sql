@@ -13,7 +13,8 @@
 -- current attempt, unless it waits for a retry (which may start on any worker).
 SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id,
        r.created_at, r.started_at, r.last_heartbeat_at, r.retry_due_at,
-       w.id AS worker_id, w.nodename AS worker_nodename, w.hostname AS worker_hostname,
+       w.id AS worker_id, r.requeued_at, r.attempts, r.unstarted_attempts,
+       w.nodename AS worker_nodename, w.hostname AS worker_hostname,
        w.pid AS worker_pid, w.started_at AS worker_started_at,
        w.last_heartbeat_at AS worker_last_heartbeat_at, w.stopped_at AS worker_stopped_at
 FROM operation_runs AS r
@@ -27,7 +28,8 @@ WHERE r.status IN ('queued', 'running')
   -- A running run's last sign of life, or the time its retry is due if later (max() of
   -- SQLite is NULL if an argument is, hence '' for no retry: it sorts before any time);
   -- or its worker is gone.
-  AND (CASE WHEN r.status = 'queued' THEN r.created_at < p.queued_cutoff
+  -- A queued run's window counts from its requeue, if it was requeued.
+  AND (CASE WHEN r.status = 'queued' THEN COALESCE(r.requeued_at, r.created_at) < p.queued_cutoff
             ELSE max(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
                      COALESCE(r.retry_due_at, '')) < p.running_cutoff END
        OR w.stopped_at IS NOT NULL
@@ -116,3 +118,48 @@ WHERE id = :run_id
   AND status = 'running'
   AND attempts = :attempt
   AND celery_task_id = :celery_task_id;
+
+-- name: requeue_runs
+-- Recovery: runs back to queued under the new task ids of :payload (Requeue.payload() objects), compare-and-set on the status, attempts and task id judged; returns the ids won (audit_ended_runs writes their audit rows).
+-- The outbox flag is set in the same write: the new message goes out after the commit.
+-- A queued run's try was a message that never started: unstarted_attempts counts it (SET
+-- expressions read the row as it was).
+UPDATE operation_runs SET
+    status = 'queued',
+    celery_task_id = v.celery_task_id,
+    worker_id = NULL,
+    retry_due_at = NULL,
+    requeued_at = COALESCE(:now, now()),
+    updated_at = COALESCE(:now, now()),
+    publish_pending = 1,
+    unstarted_attempts = operation_runs.unstarted_attempts
+                         + (CASE WHEN operation_runs.status = 'queued' THEN 1 ELSE 0 END)
+FROM (
+    SELECT json_extract(value, '$.id') AS id,
+           json_extract(value, '$.expected_status') AS expected_status,
+           json_extract(value, '$.expected_attempt') AS expected_attempt,
+           json_extract(value, '$.expected_task_id') AS expected_task_id,
+           json_extract(value, '$.celery_task_id') AS celery_task_id
+    FROM json_each(:payload)
+) AS v
+WHERE operation_runs.id = v.id
+  AND operation_runs.status IN ('queued', 'running')
+  AND operation_runs.status = v.expected_status
+  AND operation_runs.attempts = v.expected_attempt
+  AND (v.expected_task_id IS NULL OR operation_runs.celery_task_id = v.expected_task_id)
+RETURNING operation_runs.id;
+
+-- name: claim_publications
+-- The outbox: take up to :limit requeued runs whose new message is not yet published, clearing their flag; the caller publishes the queued ones after this commits.
+-- The transaction began with BEGIN IMMEDIATE, so two claimers never take the same run.
+UPDATE operation_runs SET publish_pending = 0
+WHERE id IN (SELECT id FROM operation_runs WHERE publish_pending ORDER BY id LIMIT :limit)
+RETURNING id, type, status, celery_task_id, attempts;
+
+-- name: release_publications
+-- The outbox: give back the claims whose publish failed (:payload, a JSON array of {id, celery_task_id}), for a later call to publish; a run requeued again or ended meanwhile is left alone.
+UPDATE operation_runs SET publish_pending = 1
+WHERE status = 'queued'
+  AND EXISTS (SELECT 1 FROM json_each(:payload) AS p
+              WHERE json_extract(p.value, '$.id') = operation_runs.id
+                AND json_extract(p.value, '$.celery_task_id') = operation_runs.celery_task_id);
