@@ -33,11 +33,17 @@ from benchmarks.data import (
     DRAIN_STALE_SQL,
     HOST_SCHEMA,
     HOST_TENANCY,
+    REQUEUE_KIND,
+    REQUEUE_SQL,
+    RETRY_TYPE,
+    RETRY_TYPE_TOML,
     build_database,
     drain_stale_count,
+    requeue_count,
     rows_checksum,
     write_policy,
 )
+from benchmarks.floor_drain import QUEUE, policy_sha256
 
 TEMPLATE = "bench_drain_template"
 COPY = "bench_drain_copy"
@@ -52,11 +58,15 @@ EVIDENCE_KEYS = {
     "terminal_truth_path",
     "policy_sha256",
     "worker",
+    "attempt",
+    "attempts",
+    "max_attempts",
 }
 CHANGE_KEYS = {
     "applied",
     "operation_run_id",
     "type",
+    "action",
     "before",
     "after",
     "reason_code",
@@ -104,51 +114,88 @@ def sides(limit: int) -> list[Side]:
     return [floor, runwarden]
 
 
-def verify(
-    srv: Servers,
-    database: str,
-    output: Path,
-    stale: int,
-    untouched: tuple[int, str],
-    *,
-    schema: str | None = None,
-) -> list[str]:
-    """What is wrong after a drain (empty: nothing): every stale run failed once with one
-    audit row and one change in the output, and no other run changed."""
+@dataclass(frozen=True)
+class Expected:
+    """What a drain of one variant's data must leave."""
+
+    stale: int
+    #: of the stale runs, how many are requeued (REQUEUE_SQL), the rest failed
+    requeued: int
+    untouched: tuple[int, str]
+    policy_sha256: str
+    schema: str | None = None
+
+
+def verify(srv: Servers, database: str, output: Path, want: Expected) -> list[str]:
+    """What is wrong after a drain (empty: nothing): every stale run failed or requeued
+    once with one audit row and one change in the output, every requeued run's message
+    on the broker under its new task id, and no other run changed."""
     problems: list[str] = []
-    with srv.connect(database, schema) as conn:
+    stale, requeued = want.stale, want.requeued
+    failed = stale - requeued
+    requeue_sql = REQUEUE_SQL if requeued else "false"
+    with srv.connect(database, want.schema) as conn:
         row = conn.execute(
-            f"""SELECT count(*) FILTER (WHERE status = 'completed' AND outcome = 'failed'
+            f"""SELECT count(*) FILTER (WHERE NOT ({requeue_sql})
+                                       AND status = 'completed' AND outcome = 'failed'
                                        AND completed_at IS NOT NULL
                                        AND jsonb_array_length(failure_summary) = 1
                                        AND context->'reconciliation'->>'reason_code'
                                            = 'run.stale_running'
                                        AND context->'reconciliation'->'evidence'
                                            ? 'execution_legitimacy'),
+                       count(*) FILTER (WHERE {requeue_sql}
+                                        AND status = 'queued' AND outcome = 'pending'
+                                        AND completed_at IS NULL
+                                        AND celery_task_id <> md5(id::text)
+                                        AND worker_id IS NULL AND requeued_at IS NOT NULL
+                                        AND attempts = 1 AND unstarted_attempts = 0
+                                        AND NOT publish_pending
+                                        AND jsonb_array_length(failure_summary) = 0
+                                        AND NOT context ? 'reconciliation'),
                        count(*)
                 FROM operation_runs WHERE {DRAIN_STALE_SQL}"""
         ).fetchone()
         assert row is not None
-        if row[0] != stale or row[1] != stale:
-            problems.append(f"{row[0]} of {row[1]} stale runs failed with a record (want {stale})")
+        if tuple(row) != (failed, requeued, stale):
+            problems.append(
+                f"of {row[2]} stale runs {row[0]} failed with a record and {row[1]} requeued "
+                f"(want {failed} and {requeued} of {stale})"
+            )
         audit = conn.execute(
             f"""SELECT count(*), count(DISTINCT resource_id),
                        count(*) FILTER (WHERE action = 'operation_run.force_failed'
                                         AND resource_type = 'operation_run'
                                         AND metadata ? 'evidence'
                                         AND metadata->>'reason_code' = 'run.stale_running'
+                                        AND metadata->>'outcome' = 'failed'
                                         AND resource_id IN (SELECT id::text FROM operation_runs
-                                                            WHERE {DRAIN_STALE_SQL}))
+                                                            WHERE {DRAIN_STALE_SQL}
+                                                              AND NOT ({requeue_sql}))),
+                       count(*) FILTER (WHERE action = 'operation_run.requeued'
+                                        AND resource_type = 'operation_run'
+                                        AND metadata ? 'evidence'
+                                        AND metadata->>'reason_code' = 'run.worker_lost'
+                                        AND metadata->>'outcome' = 'pending'
+                                        AND resource_id IN (SELECT id::text FROM operation_runs
+                                                            WHERE {requeue_sql}))
                 FROM audit_logs"""
         ).fetchone()
         assert audit is not None
-        if tuple(audit) != (stale, stale, stale):
+        if tuple(audit) != (stale, stale, failed, requeued):
             problems.append(
-                f"audit rows: {audit[0]} rows for {audit[1]} runs, {audit[2]} well-formed "
-                f"(want {stale} of each)"
+                f"audit rows: {audit[0]} rows for {audit[1]} runs, {audit[2]} force_failed and "
+                f"{audit[3]} requeued well-formed (want {stale}, {stale}, {failed}, {requeued})"
             )
-    if rows_checksum(srv, database, f"NOT ({DRAIN_STALE_SQL})", schema) != untouched:
+        task_ids = {
+            str(task_id): int(run_id)
+            for run_id, task_id in conn.execute(
+                f"SELECT id, celery_task_id FROM operation_runs WHERE {requeue_sql}"
+            )
+        }
+    if rows_checksum(srv, database, f"NOT ({DRAIN_STALE_SQL})", want.schema) != want.untouched:
         problems.append("runs that were not stale changed")
+    problems += _verify_messages(srv, task_ids)
     try:
         document: dict[str, Any] = json.loads(output.read_text())
     except (OSError, ValueError) as exc:
@@ -165,16 +212,77 @@ def verify(
         if not set(change) >= CHANGE_KEYS
         or not change.get("applied")
         or not set(change.get("evidence") or {}) >= EVIDENCE_KEYS
+        or change["evidence"].get("policy_sha256") != want.policy_sha256
     )
     if malformed:
         problems.append(f"{malformed} change objects lack keys of the documented shape")
+    requeue_changes = sum(
+        1
+        for change in changes
+        if change.get("action") == "requeue"
+        and change.get("operation_run_id") in task_ids.values()
+        and (change.get("after") or {}).get("status") == "queued"
+        and change.get("reason_code") == "run.worker_lost"
+        and (change.get("evidence") or {}).get("attempt") == 1
+    )
+    fail_changes = sum(1 for change in changes if change.get("action") == "force_fail")
+    if (requeue_changes, fail_changes) != (requeued, failed):
+        problems.append(
+            f"output: {requeue_changes} requeue and {fail_changes} force_fail changes "
+            f"(want {requeued} and {failed})"
+        )
     return problems
+
+
+def _verify_messages(srv: Servers, task_ids: dict[str, int]) -> list[str]:
+    """Every requeued run's Celery message, once, on the default queue's Redis list."""
+    messages = _broker(srv).lrange(QUEUE, 0, -1)
+    found: Counter[tuple[str, str, int]] = Counter()
+    for raw in messages:
+        headers = json.loads(raw).get("headers", {})
+        found[(str(headers.get("id")), str(headers.get("task")), headers.get("retries"))] += 1
+    wanted = Counter((task_id, f"operations.{RETRY_TYPE}", 1) for task_id in task_ids)
+    if found != wanted:
+        return [
+            f"broker: {len(messages)} messages, {sum((found & wanted).values())} of the "
+            f"{len(task_ids)} requeued runs' (want exactly those)"
+        ]
+    return []
+
+
+#: The Redis database of the drain's broker (the benchmarks' Redis, a database of its own).
+BROKER_DB = 5
+
+
+def _broker_url(srv: Servers) -> str:
+    return f"{srv.redis.url}/{BROKER_DB}"
+
+
+def _broker(srv: Servers) -> Any:
+    import redis
+
+    return redis.Redis.from_url(_broker_url(srv))
+
+
+def runwarden_policy_sha256(policy: Path) -> str:
+    """The hash ``runwarden policy --json`` prints for ``policy``."""
+    probe = subprocess.run(
+        [str(BIN / "runwarden"), "policy", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env=base_env(RUNWARDEN_POLICY_FILE=str(policy)),
+    )
+    return str(json.loads(probe.stdout)["sha256"])
 
 
 #: ``host``: the ``distinct`` data with runwarden in its own schema and its gate on an
 #: application's organizations and people ([tenancy], read through the gate views); the
-#: floor drains the same data reading runwarden's own tenants and users.
-SHAPES = ("distinct", "tied", "host")
+#: floor drains the same data reading runwarden's own tenants and users. ``requeue``: the
+#: ``distinct`` data with every 10th stale run requeued instead of failed
+#: (:data:`benchmarks.data.REQUEUE_KIND`), its message published to the broker.
+SHAPES = ("distinct", "tied", "host", "requeue")
 
 
 def run(srv: Servers, scale: Scale) -> Result:
@@ -184,8 +292,8 @@ def run(srv: Servers, scale: Scale) -> Result:
     result = Result(
         "drain",
         f"runwarden reconcile --drain --json time / floor time <= {GOAL_RATIO}, "
-        "stale runs with distinct and with tied creation times, and with [tenancy] on in a "
-        "schema",
+        "stale runs with distinct and with tied creation times, with [tenancy] on in a "
+        "schema, and with a tenth of them requeued",
     )
     stale = drain_stale_count(scale.drain_total)
     result.figures.update({"runs_total": scale.drain_total, "runs_stale": stale, "repetitions": 0})
@@ -214,20 +322,32 @@ def _run_shape(
     stale = drain_stale_count(scale.drain_total)
     work = WORK / "drain"
     work.mkdir(parents=True, exist_ok=True)
-    policy = write_policy(work / "policy.toml")
-    host = shape == "host"
+    host, requeue = shape == "host", shape == "requeue"
+    policy = write_policy(work / "policy.toml", extra_types=RETRY_TYPE_TOML if requeue else "")
     schema = HOST_SCHEMA if host else None
     if host:
         policy.write_text(policy.read_text() + HOST_TENANCY)
+    sha256 = runwarden_policy_sha256(policy)
+    if policy_sha256(str(policy)) != sha256:
+        raise RuntimeError(
+            f"the floor's policy sha256 {policy_sha256(str(policy))} is not runwarden's {sha256}"
+        )
     build_database(
         srv,
         TEMPLATE,
         total=scale.drain_total,
-        kind=DRAIN_KIND,
-        shape="distinct" if host else shape,
+        kind=REQUEUE_KIND if requeue else DRAIN_KIND,
+        shape=shape if shape in ("distinct", "tied") else "distinct",
         host_policy=policy if host else None,
+        lost_worker=requeue,
     )
-    untouched = rows_checksum(srv, TEMPLATE, f"NOT ({DRAIN_STALE_SQL})", schema)
+    want = Expected(
+        stale=stale,
+        requeued=requeue_count(scale.drain_total) if requeue else 0,
+        untouched=rows_checksum(srv, TEMPLATE, f"NOT ({DRAIN_STALE_SQL})", schema),
+        policy_sha256=sha256,
+        schema=schema,
+    )
 
     timings: dict[str, list[float]] = {"floor": [], "runwarden": []}
     rss: dict[str, list[float]] = {"floor": [], "runwarden": []}
@@ -238,8 +358,10 @@ def _run_shape(
             url = srv.create_database(COPY, template=TEMPLATE)
             with srv.connect(COPY) as conn:
                 conn.execute("CHECKPOINT")
+            _broker(srv).flushdb()
             env = base_env(
                 RUNWARDEN_DATABASE_URL=url,
+                RUNWARDEN_BROKER_URL=_broker_url(srv),
                 RUNWARDEN_POLICY_FILE=str(policy),
                 RUNWARDEN_VAR_DIR=str(work / "var"),
                 **({"RUNWARDEN_DB_SCHEMA": schema} if schema else {}),
@@ -255,7 +377,7 @@ def _run_shape(
                     log(f"  runwarden side: not available: {message}")
                     continue
                 raise RuntimeError(message)
-            problems = verify(srv, COPY, output, stale, untouched, schema=schema)
+            problems = verify(srv, COPY, output, want)
             srv.drop_database(COPY)
             status = "verified" if not problems else "WRONG: " + "; ".join(problems)
             log(
@@ -301,7 +423,10 @@ def summary(result: Result) -> list[str]:
         floor = f.get(_key(shape, "floor_median_seconds"))
         if floor is None:
             continue
-        label = "host tenancy in a schema:" if shape == "host" else f"{shape} creation times:"
+        label = {
+            "host": "host tenancy in a schema:",
+            "requeue": "a tenth requeued:",
+        }.get(shape, f"{shape} creation times:")
         lines.append(
             f"{label} floor median {floor} s "
             f"({f.get(_key(shape, 'floor_runs_per_second')):,} runs/s) over "

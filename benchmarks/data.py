@@ -11,7 +11,13 @@ Run ids encode what a run is, so every check can say which rows must have change
 100 workers are registered (heartbeat at generation time) and every run past queued names
 one: the pass's worker join is always measured. The benchmark policy's
 ``lost_after_seconds`` is a day, so no worker is lost during a benchmark and every verdict
-stays the window's.
+stays the window's -- except in the ``requeue`` data.
+
+The ``requeue`` data (:data:`REQUEUE_KIND`) makes every 10th stale run (``id % 90 = 0``)
+one of the retry type :data:`RETRY_TYPE` (``recovery = "retry"``, ``max_attempts = 2``,
+:data:`RETRY_TYPE_TOML`) on its first attempt, running on the one lost worker
+(:data:`LOST_WORKER_ID`, silent for two days): the drain requeues it, as
+``run.worker_lost``, instead of failing it.
 
 Stale runs come in two shapes (:data:`STALE_CREATED`): each with its own creation time, or
 all sharing one.
@@ -37,6 +43,18 @@ WORKERS = 100
 
 STALE_TYPES = ("inventory.sync", "backup.create", "report.export")
 TERMINAL_TYPES = ("inventory.sync", "backup.create", "report.export", "restore.run")
+
+#: The ``requeue`` data's retry type, its policy entry and its lost worker.
+RETRY_TYPE = "sync.retry"
+RETRY_MAX_ATTEMPTS = 2
+RETRY_TYPE_TOML = f"""
+[types."{RETRY_TYPE}"]
+queued_stale_after_seconds = {QUEUED_STALE_AFTER_SECONDS}
+running_stale_after_seconds = {RUNNING_STALE_AFTER_SECONDS}
+recovery = "retry"
+max_attempts = {RETRY_MAX_ATTEMPTS}
+"""
+LOST_WORKER_ID = WORKERS + 1
 
 
 def policy_toml(
@@ -101,6 +119,12 @@ INSERT INTO runwarden_workers (nodename, hostname, pid, started_at, last_heartbe
 SELECT 'celery@bench-' || i, 'bench-' || i, 1000 + i, now() - interval '1 hour', now()
 FROM generate_series(1, {workers}) AS i;
 """
+# Silent for twice the policy's lost_after_seconds.
+_LOST_WORKER = f"""
+INSERT INTO runwarden_workers (id, nodename, hostname, pid, started_at, last_heartbeat_at)
+VALUES ({LOST_WORKER_ID}, 'celery@bench-lost', 'bench-lost', 999, now() - interval '3 days',
+        now() - make_interval(secs => {2 * WORKERS_LOST_AFTER_SECONDS}));
+"""
 
 # {kind} is an SQL expression of i naming the kind of run i is.
 _RUNS = """
@@ -116,6 +140,7 @@ SELECT i,
     CASE k.kind
         WHEN 'stale' THEN (ARRAY['inventory.sync', 'backup.create',
                                  'report.export'])[1 + (i / 9) % 3]
+        WHEN 'requeue' THEN '{retry_type}'
         WHEN 'uncovered' THEN 'adhoc.script'
         WHEN 'unscheduled' THEN 'legacy.import'
         WHEN 'done' THEN (ARRAY['inventory.sync', 'backup.create', 'report.export',
@@ -137,7 +162,8 @@ SELECT i,
          WHEN k.kind = 'stale' AND i % 2 = 0 THEN t.created + interval '1 hour'
          WHEN k.kind = 'done' THEN t.created + interval '60 seconds'
          ELSE NULL END,
-    CASE k.kind WHEN 'fresh_queued' THEN NULL ELSE 1 + i % {workers} END
+    CASE k.kind WHEN 'fresh_queued' THEN NULL WHEN 'requeue' THEN {lost_worker}
+                ELSE 1 + i % {workers} END
 FROM generate_series(1, {total}) AS i
 CROSS JOIN LATERAL (SELECT {kind} AS kind) AS k
 CROSS JOIN LATERAL (
@@ -159,6 +185,11 @@ DRAIN_KIND = """CASE WHEN i % 9 = 0 THEN 'stale'
                      WHEN i % 90 = 4 THEN 'unscheduled'
                      ELSE 'done' END"""
 
+#: The drain data with every 10th stale run one to requeue (:data:`REQUEUE_SQL`).
+REQUEUE_KIND = (
+    "CASE WHEN i % 90 = 0 THEN 'requeue'\n                     ELSE " + DRAIN_KIND + " END"
+)
+
 IDLE_ACTIVE_RUNS = 200
 IDLE_KIND = f"""CASE WHEN i > {IDLE_ACTIVE_RUNS} THEN 'done'
                     WHEN i % 2 = 0 THEN 'fresh_running'
@@ -179,6 +210,14 @@ DRAIN_STALE_SQL = "id % 9 = 0"
 
 def drain_stale_count(total: int) -> int:
     return total // 9
+
+
+#: The stale runs of the ``requeue`` data that are requeued, as an SQL predicate.
+REQUEUE_SQL = "id % 90 = 0"
+
+
+def requeue_count(total: int) -> int:
+    return total // 90
 
 
 #: The drain's "host" shape: runwarden in this schema of an application's database, its
@@ -220,11 +259,13 @@ def build_database(
     kind: str,
     shape: str = "distinct",
     host_policy: Path | None = None,
+    lost_worker: bool = False,
 ) -> str:
     """A migrated database ``name`` holding ``total`` generated runs; returns its URL.
     ``shape`` names the stale runs' creation times (:data:`STALE_CREATED`). With
     ``host_policy`` (a policy with :data:`HOST_TENANCY`), runwarden lives in
-    :data:`HOST_SCHEMA` beside the application's organizations and people."""
+    :data:`HOST_SCHEMA` beside the application's organizations and people. With
+    ``lost_worker``, the lost worker :data:`LOST_WORKER_ID` is registered too."""
     url = srv.create_database(name)
     schema = HOST_SCHEMA if host_policy else None
     if host_policy:
@@ -233,9 +274,16 @@ def build_database(
     _migrate(url, policy=host_policy, schema=schema)
     with srv.connect(name, schema) as conn:
         conn.execute(_PARTIES.format(workers=WORKERS))
+        if lost_worker:
+            conn.execute(_LOST_WORKER)
         conn.execute(
             _RUNS.format(
-                total=total, kind=kind, stale_created=STALE_CREATED[shape], workers=WORKERS
+                total=total,
+                kind=kind,
+                stale_created=STALE_CREATED[shape],
+                workers=WORKERS,
+                retry_type=RETRY_TYPE,
+                lost_worker=LOST_WORKER_ID,
             )
         )
         if host_policy:
