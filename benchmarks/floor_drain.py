@@ -34,7 +34,7 @@ benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
   and after every pass that requeued, then each claimed queued run's Celery message
   (protocol 2, the JSON envelope ``send_task`` writes, ``retries`` = attempts) pushed onto
   the default queue's Redis list at ``RUNWARDEN_BROKER_URL`` -- one LPUSH per message, the
-  claim's messages sent in one pipelined round trip, kombu's queue binding added once.
+  claim's messages sent in one pipelined round trip, kombu's queue bindings added once.
   It does not give a claim back when a push fails (runwarden's ``release_publications``):
   the benchmark's broker is up, and a failed push ends the floor with a traceback.
 
@@ -385,7 +385,9 @@ def publish(conn: psycopg.Connection[tuple[object, ...]], broker: redis.Redis) -
     if messages:
         if not DECLARED:
             # kombu's queue binding, declared once per process as Celery does.
-            broker.sadd(f"_kombu.binding.{QUEUE}", f"{QUEUE}\x06\x16\x06\x16{QUEUE}")
+            binding = f"{QUEUE}\x06\x16\x06\x16{QUEUE}"
+            broker.sadd(f"_kombu.binding.{QUEUE}", binding)
+            broker.sadd(f"_kombu.binding_permanent.{QUEUE}", binding)
             DECLARED.append(QUEUE)
         pipe = broker.pipeline(transaction=False)
         for message in messages:
