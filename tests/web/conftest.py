@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from tests.factories import make_run, seed_tenancy
+from tests.factories import make_run, make_worker, seed_tenancy
 from worker.db import write_session
 from worker.lifecycle.policy import LifecyclePolicy, parse_policy
 from worker.lifecycle.transitions import force_fail_non_terminal_run
@@ -99,6 +99,43 @@ def seed(engine: Engine) -> Seeded:
         bridged=bridged,
         uncovered=uncovered,
     )
+
+
+@dataclass
+class Workers:
+    alive: int
+    lost: int
+    stopped: int
+    #: stopped a second ago: its heartbeat is fresh, and it is still not alive
+    just_stopped: int
+    alive_too: int
+    #: running on ``alive``, within its window
+    on_alive: int
+    #: running on ``lost``: what the next pass fails with run.worker_lost
+    on_lost: int
+
+
+def seed_workers(seeded: Seeded) -> Workers:
+    """Five workers under the default [workers] policy (lost after 60 s): two alive, one
+    silent for an hour, two stopped; a running run on an alive one and one on the lost one."""
+    engine = seeded.engine
+    alive = make_worker(engine, heartbeat_age_seconds=2, nodename="celery@alive-1", pid=101)
+    lost = make_worker(engine, heartbeat_age_seconds=3600, nodename="celery@lost", pid=102)
+    stopped = make_worker(
+        engine,
+        heartbeat_age_seconds=7200,
+        stopped_age_seconds=7200,
+        nodename="celery@stopped",
+        pid=103,
+    )
+    just_stopped = make_worker(
+        engine, heartbeat_age_seconds=1, stopped_age_seconds=1, nodename="celery@drained", pid=104
+    )
+    alive_too = make_worker(engine, heartbeat_age_seconds=0, nodename="celery@alive-2", pid=105)
+    running = {"workspace_id": seeded.workspace_id, "status": "running", "age_seconds": 60}
+    on_alive = make_run(engine, **running, started_age_seconds=50, worker_id=alive)
+    on_lost = make_run(engine, **running, started_age_seconds=3700, worker_id=lost)
+    return Workers(alive, lost, stopped, just_stopped, alive_too, on_alive, on_lost)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from tests.acceptance.cli import RUNWARDEN
 from tests.conftest import IN_CI
 from tests.servers import free_port
-from tests.web.conftest import INJECTION, POLICY, Seeded
+from tests.web.conftest import INJECTION, POLICY, Seeded, seed_workers
 
 pytestmark = pytest.mark.slow
 
@@ -158,4 +158,35 @@ def test_browser__audit_row_opens_its_metadata_in_the_side_panel(
     assert '"reason_code": "run.job_failed"' in panel.text
     assert "hunter2" not in panel.text
     assert "open=" in browser.current_url
+    _no_alert(browser)
+
+
+def test_browser__workers_page_shows_each_workers_state_and_a_run_names_its_worker(
+    browser: Any, console_url: str, seeded: Seeded
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    workers = seed_workers(seeded)
+    browser.get(console_url + "/")
+    assert browser.find_element(By.ID, "workers-alive").text == "2"
+    browser.find_element(By.LINK_TEXT, "Workers").click()
+    _wait_for_url(browser, "/workers")
+    states = {
+        row.get_attribute("id"): row.find_element(By.CSS_SELECTOR, "td.state").text
+        for row in browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")
+    }
+    assert states == {
+        f"worker-{workers.alive_too}": "alive",
+        f"worker-{workers.just_stopped}": "stopped",
+        f"worker-{workers.stopped}": "stopped",
+        f"worker-{workers.lost}": "lost",
+        f"worker-{workers.alive}": "alive",
+    }
+    lost = browser.find_element(By.ID, f"worker-{workers.lost}")
+    assert "celery@lost" in lost.text
+
+    browser.get(f"{console_url}/runs/{workers.on_lost}")
+    assert browser.find_element(By.ID, "worker-state").text == "lost"
+    browser.find_element(By.CSS_SELECTOR, "#worker a").click()
+    _wait_for_url(browser, f"/workers#worker-{workers.lost}")
     _no_alert(browser)

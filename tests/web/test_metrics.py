@@ -161,12 +161,27 @@ def test_metrics__no_label_carries_a_tenant_or_a_run_id(client: TestClient) -> N
     assert labels <= {"type", "status", "action", "reason"}
 
 
-def _referenced_metrics() -> set[str]:
-    rules = yaml.safe_load((ROOT / "deploy/prometheus/runwarden-alerts.yml").read_text())
-    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
-    dashboard = json.loads((ROOT / "deploy/grafana/runwarden-dashboard.json").read_text())
-    expressions += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+def _metrics_in(expressions: list[str]) -> set[str]:
     return {name for expr in expressions for name in re.findall(r"\brunwarden_[a-z_]+", expr)}
+
+
+def _alert_metrics() -> dict[str, set[str]]:
+    """Each alert rule's metrics, by the alert's name."""
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/runwarden-alerts.yml").read_text())
+    return {
+        rule["alert"]: _metrics_in([rule["expr"]])
+        for group in rules["groups"]
+        for rule in group["rules"]
+    }
+
+
+def _dashboard_metrics() -> dict[str, set[str]]:
+    """Each dashboard panel's metrics, by the panel's title."""
+    dashboard = json.loads((ROOT / "deploy/grafana/runwarden-dashboard.json").read_text())
+    return {
+        panel["title"]: _metrics_in([t["expr"] for t in panel["targets"]])
+        for panel in dashboard["panels"]
+    }
 
 
 def test_deploy__alerts_and_dashboard_use_only_metrics_that_exist(
@@ -176,8 +191,18 @@ def test_deploy__alerts_and_dashboard_use_only_metrics_that_exist(
         record_tick(
             session, RECONCILE_TICK, passes=1, candidates=0, reconciled=0, skipped=0, duration_ms=1
         )
-    referenced = _referenced_metrics()
+    alerts, panels = _alert_metrics(), _dashboard_metrics()
+    referenced = set().union(*alerts.values(), *panels.values())
     assert referenced, "no metric found in deploy/"
     assert referenced <= set(METRIC_NAMES)
     exposed = set(_scrape(client))
     assert referenced <= exposed, referenced - exposed
+    # The dashboard charts every metric; the contract's alerts are there.
+    assert set().union(*panels.values()) == set(METRIC_NAMES)
+    assert {
+        "RunwardenStaleRuns": {"runwarden_runs_stale"},
+        "RunwardenNoReconcileTick": {"runwarden_reconcile_last_tick_timestamp_seconds"},
+        "RunwardenForcedFailureRate": {"runwarden_forced_transitions_total"},
+        "RunwardenNoWorkerAlive": {"runwarden_workers_alive"},
+    }.items() <= alerts.items()
+    assert panels["Workers alive"] == {"runwarden_workers_alive"}

@@ -96,7 +96,16 @@ def test_pages__markup_in_a_tenant_name_and_a_failure_message_renders_inert(
 def test_pages__no_inline_script_and_security_headers_on_every_answer(
     client: TestClient, seeded: Seeded
 ) -> None:
-    for path in ("/", "/runs", f"/runs/{seeded.bridged}", "/audit", "/api/runs", "/metrics"):
+    for path in (
+        "/",
+        "/runs",
+        f"/runs/{seeded.bridged}",
+        "/audit",
+        "/workers",
+        "/api/runs",
+        "/api/workers",
+        "/metrics",
+    ):
         response = client.get(path)
         assert response.status_code == 200, path
         csp = response.headers["content-security-policy"]

@@ -9,7 +9,18 @@ from tests.acceptance.cli import one_line_error, run_cli
 from tests.web.conftest import TOKEN, Seeded
 from worker.web.security import is_loopback
 
-GUARDED = ("/", "/runs", "/runs/1", "/audit", "/api/runs", "/api/runs/1", "/api/audit", "/metrics")
+GUARDED = (
+    "/",
+    "/runs",
+    "/runs/1",
+    "/audit",
+    "/workers",
+    "/api/runs",
+    "/api/runs/1",
+    "/api/audit",
+    "/api/workers",
+    "/metrics",
+)
 
 
 def test_token__without_it_pages_go_to_login_and_api_and_metrics_are_401(

@@ -110,6 +110,20 @@ def worker_of(session: Session, run: RunLike) -> WorkerSnapshot | None:
     return WorkerSnapshot.of(row) if row is not None else None
 
 
+def count_alive(session: Session, policy: WorkerPolicy, now: datetime) -> int:
+    """How many workers are alive at ``now`` (the database's clock), counted in SQL:
+    :meth:`WorkerSnapshot.state`'s rule as a WHERE, so stopped workers piling up in the
+    table are never loaded (``runwarden_workers_alive``, the overview)."""
+    cutoff = now - timedelta(seconds=policy.lost_after_seconds)
+    count = session.scalar(
+        select(func.count())
+        .select_from(RunwardenWorker)
+        .where(RunwardenWorker.stopped_at.is_(None))
+        .where(RunwardenWorker.last_heartbeat_at >= cutoff)
+    )
+    return int(count or 0)
+
+
 def list_workers(session: Session, *, limit: int = 50) -> list[tuple[WorkerSnapshot, int]]:
     """The newest ``limit`` registered workers, with how many running runs each holds."""
     running = (

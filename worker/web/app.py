@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from worker.errors import DatabaseUnavailableError, InvalidOptionsError, RunNotFoundError
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.web import metrics
-from worker.web.console import MAX_ID, AuditFilters, Console, RunFilters
+from worker.web.console import MAX_ID, AuditFilters, Console, RunFilters, WorkerFilters
 from worker.web.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -148,6 +148,15 @@ def create_app(engine: Engine, policy: LifecyclePolicy, *, token: str | None = N
         rows = console.audit(filters)
         return JSONResponse(rows, headers=_next_link(request, rows, filters.limit))
 
+    @app.get(
+        "/api/workers",
+        tags=["api"],
+        summary="Registered workers, newest first (runwarden workers --json)",
+    )
+    def api_workers(request: Request, *, limit: str | None = None) -> JSONResponse:
+        _, rows = console.workers(WorkerFilters.parse(dict(request.query_params)))
+        return JSONResponse(rows)
+
     @app.post(
         "/api/reconcile",
         tags=["api"],
@@ -267,6 +276,11 @@ def create_app(engine: Engine, policy: LifecyclePolicy, *, token: str | None = N
             opened=opened,
             older=older,
         )
+
+    @app.get("/workers", response_class=HTMLResponse, include_in_schema=False)
+    def workers_page(request: Request) -> Response:
+        now, rows = console.workers(WorkerFilters.parse(dict(request.query_params)))
+        return page(request, "workers.html", now=now, workers=rows, policy=policy.workers)
 
     async def _form(request: Request) -> dict[str, str]:
         form = await request.form()

@@ -18,6 +18,7 @@ from worker.lifecycle.clock import database_now
 from worker.lifecycle.evidence import iso
 from worker.lifecycle.freshness import OperationRunFreshnessState
 from worker.lifecycle.listing import list_runs
+from worker.lifecycle.liveness import count_alive, list_workers
 from worker.lifecycle.overview import active_groups, forced_by_reason
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reconciler import (
@@ -126,6 +127,19 @@ class AuditFilters:
         )
 
 
+@dataclass(frozen=True)
+class WorkerFilters:
+    """The workers page's page size (``runwarden workers --limit``)."""
+
+    limit: int = DEFAULT_PAGE
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str | None]) -> WorkerFilters:
+        return cls(
+            limit=_int("limit", params.get("limit"), low=1, high=MAX_PAGE) or DEFAULT_PAGE,
+        )
+
+
 class Console:
     """The console's reads and actions over one database and policy."""
 
@@ -182,6 +196,16 @@ class Console:
                 limit=filters.limit,
             )
 
+    def workers(self, filters: WorkerFilters) -> tuple[str, list[dict[str, Any]]]:
+        """The database's time and the ``runwarden workers --json`` objects, newest first,
+        their states judged at that time."""
+        with read_session(self.engine) as session:
+            now = database_now(session)
+            return iso(now), [
+                worker.to_dict(self.policy.workers, now, running)
+                for worker, running in list_workers(session, limit=filters.limit)
+            ]
+
     def reconcile(self, body: Mapping[str, Any], *, dry_run: bool | None = None) -> dict[str, Any]:
         """A reconcile pass with the options of ``body`` (the CLI's and the on-demand
         task's: types, tenant_ids, workspace_ids, limit, dry_run); the result object."""
@@ -201,12 +225,13 @@ class Console:
 
     def overview(self) -> dict[str, Any]:
         """Active runs by type x status, stale now, forced transitions by reason in the
-        last 24 h, the last reconcile tick."""
+        last 24 h, the last reconcile tick, workers alive."""
         with read_session(self.engine) as session:
             now = database_now(session)
             groups = active_groups(session, self.policy, now)
             forced = forced_by_reason(session, since=now - timedelta(hours=24))
             tick = last_tick(session)
+            alive = count_alive(session, self.policy.workers, now)
         return {
             "now": iso(now),
             "active": [g.to_dict(now) for g in groups],
@@ -221,5 +246,6 @@ class Console:
                 round((now - tick.ticked_at).total_seconds()) if tick else None
             ),
             "interval_seconds": self.policy.interval_seconds,
+            "workers_alive": alive,
             "forced_actions": list(FORCED_ACTIONS),
         }

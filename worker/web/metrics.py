@@ -2,11 +2,9 @@
 
 A scrape costs O(active runs + new audit rows): the active runs through the partial index
 over non-terminal rows, the forced transitions incrementally from the audit log (the rows
-with an id above the last one counted), the last tick from ``runwarden_ticks``. No label
-carries a tenant or a run id.
-
-The workers page and ``runwarden_workers_alive`` join once ``runwarden_workers`` exists:
-a collector is one more entry of :data:`SCRAPES`.
+with an id above the last one counted), the last tick from ``runwarden_ticks``, the workers
+alive counted in SQL over ``runwarden_workers``. No label carries a tenant or a run id.
+A metric is one more entry of :meth:`RunwardenCollector.scrapes`.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from sqlalchemy.orm import Session
 from worker.db import read_session
 from worker.lifecycle.audit import forced_rows_since, forced_totals_before
 from worker.lifecycle.clock import database_now
+from worker.lifecycle.liveness import count_alive
 from worker.lifecycle.overview import active_groups
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.ticks import last_tick
@@ -34,6 +33,7 @@ METRIC_NAMES = (
     "runwarden_oldest_active_run_age_seconds",
     "runwarden_forced_transitions_total",
     "runwarden_reconcile_last_tick_timestamp_seconds",
+    "runwarden_workers_alive",
 )
 
 #: How long a forced transition's transaction may take to commit and still be counted.
@@ -95,7 +95,7 @@ class RunwardenCollector(Collector):
         yield from metrics
 
     def scrapes(self) -> tuple[Scrape, ...]:
-        return (self._runs, self._forced_transitions, self._last_tick)
+        return (self._runs, self._forced_transitions, self._last_tick, self._workers_alive)
 
     def _runs(self, session: Session, now: datetime) -> Iterator[Metric]:
         labels = ["type", "status"]
@@ -140,6 +140,15 @@ class RunwardenCollector(Collector):
         tick = last_tick(session)
         if tick is not None:
             gauge.add_metric([], tick.ticked_at.timestamp())
+        yield gauge
+
+    def _workers_alive(self, session: Session, now: datetime) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "runwarden_workers_alive",
+            "Registered workers heartbeating within [workers] lost_after_seconds and not "
+            "stopped (on the database's clock).",
+        )
+        gauge.add_metric([], count_alive(session, self._policy.workers, now))
         yield gauge
 
 
