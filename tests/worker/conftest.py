@@ -397,3 +397,71 @@ def live(live_worker: LiveWorker, monkeypatch: pytest.MonkeyPatch) -> Iterator[L
     get_settings.cache_clear()
     yield live_worker
     get_settings.cache_clear()
+
+
+Spawn = Callable[..., LiveWorker]
+
+
+@contextlib.contextmanager
+def worker_cluster(
+    *,
+    backend: str,
+    db_url: str,
+    policy_file: Path,
+    redis_server: RedisServer,
+    routes: dict[str, Any],
+    prefix: str,
+) -> Iterator[Spawn]:
+    """Starts workers sharing one database, broker and policy, and routes the test
+    process's messages (and, through ``RWTEST_TASK_ROUTES``, its workers') by ``routes``;
+    stops them all at the end. ``spawn(name, beat=True)`` runs beat on the default queue;
+    any other worker consumes ``victims`` unless ``queues`` says otherwise."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    executions = workdir / "executions"
+    executions.mkdir()
+    engine = db.build_engine(db_url)
+    started: list[LiveWorker] = []
+
+    def spawn(
+        name: str,
+        *,
+        beat: bool = False,
+        queues: str | None = None,
+        wrapper: list[str] | None = None,
+    ) -> LiveWorker:
+        worker = LiveWorker(
+            backend=backend,
+            db_url=db_url,
+            engine=engine,
+            broker_url=f"{redis_server.url}/{BROKER_DB}",
+            backend_url=f"{redis_server.url}/{BACKEND_DB}",
+            policy_file=policy_file,
+            executions_dir=executions,
+            log_file=workdir / f"{name}-{len(started)}.log",
+            name=name,
+            beat=beat,
+            wrapper=wrapper or [],
+            queues=queues or ("celery" if beat else "victims"),
+            flush_broker=not started,
+            extra_env={"RWTEST_TASK_ROUTES": json.dumps(routes)},
+        )
+        started.append(worker)
+        worker.start()
+        return worker
+
+    from worker.celery_app import app
+
+    point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
+    previous = app.conf.task_routes
+    route_tasks(routes)
+    try:
+        yield spawn
+    finally:
+        route_tasks(previous)
+        for worker in started:
+            if worker.process is not None and worker.process.poll() is None:
+                # A stopped (SIGSTOP) worker must be able to take the SIGTERM.
+                os.killpg(worker.process.pid, signal.SIGCONT)
+            worker.stop()
+        engine.dispose()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -15,8 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,12 +26,10 @@ from models import RunwardenWorker
 from tests.factories import seed_tenancy
 from tests.servers import RedisServer
 from tests.worker.conftest import (
-    BACKEND_DB,
-    BROKER_DB,
     LiveWorker,
-    point_app_at,
-    route_tasks,
+    Spawn,
     wait_for,
+    worker_cluster,
 )
 from worker import db
 from worker.dispatch import start_operation
@@ -66,9 +63,6 @@ def worker_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-Spawn = Callable[..., LiveWorker]
-
-
 @pytest.fixture(scope="module")
 def cluster(
     worker_backend: str,
@@ -76,49 +70,15 @@ def cluster(
     worker_policy_file: Path,
     redis_server: RedisServer,
 ) -> Iterator[Spawn]:
-    """Starts workers sharing one database, broker and policy; stops them all at the end."""
-    workdir = Path(tempfile.mkdtemp(prefix="rw-liveness-"))
-    executions = workdir / "executions"
-    executions.mkdir()
-    engine = db.build_engine(worker_db_url)
-    started: list[LiveWorker] = []
-
-    def spawn(
-        name: str, *, beat: bool = False, queues: str = "celery", wrapper: list[str] | None = None
-    ) -> LiveWorker:
-        worker = LiveWorker(
-            backend=worker_backend,
-            db_url=worker_db_url,
-            engine=engine,
-            broker_url=f"{redis_server.url}/{BROKER_DB}",
-            backend_url=f"{redis_server.url}/{BACKEND_DB}",
-            policy_file=worker_policy_file,
-            executions_dir=executions,
-            log_file=workdir / f"{name}-{len(started)}.log",
-            name=name,
-            beat=beat,
-            wrapper=wrapper or [],
-            queues=queues,
-            flush_broker=not started,
-        )
-        started.append(worker)
-        worker.start()
-        return worker
-
-    from worker.celery_app import app
-
-    point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
-
-    routes = app.conf.task_routes
-    route_tasks({"operations.test.quiet": {"queue": "victims"}})
-    try:
+    with worker_cluster(
+        backend=worker_backend,
+        db_url=worker_db_url,
+        policy_file=worker_policy_file,
+        redis_server=redis_server,
+        routes={"operations.test.quiet": {"queue": "victims"}},
+        prefix="rw-liveness-",
+    ) as spawn:
         yield spawn
-    finally:
-        route_tasks(routes)
-        for worker in started:
-            worker.stop()
-        engine.dispose()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +22,12 @@ from celery import Celery
 from tests.factories import make_run, seed_tenancy
 from tests.servers import RedisServer
 from tests.worker.conftest import (
-    BACKEND_DB,
     BROKER_DB,
     LiveWorker,
-    point_app_at,
-    route_tasks,
+    Spawn,
     wait_for,
+    worker_cluster,
 )
-from worker import db
 from worker.dispatch import publish_requeued, start_operation
 from worker.lifecycle.policy import parse_policy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler
@@ -65,7 +61,6 @@ def worker_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-Spawn = Callable[..., LiveWorker]
 ROUTES = {"operations.test.recover": {"queue": "victims"}}
 
 
@@ -77,54 +72,20 @@ def cluster(
     redis_server: RedisServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Spawn]:
-    """Starts workers sharing one database, broker and policy; stops them all at the end."""
-    workdir = Path(tempfile.mkdtemp(prefix="rw-recovery-"))
-    executions = workdir / "executions"
-    executions.mkdir()
-    engine = db.build_engine(worker_db_url)
-    started: list[LiveWorker] = []
     monkeypatch.setenv("RUNWARDEN_DATABASE_URL", worker_db_url)
     monkeypatch.setenv("RUNWARDEN_BROKER_URL", f"{redis_server.url}/{BROKER_DB}")
     monkeypatch.setenv("RUNWARDEN_POLICY_FILE", str(worker_policy_file))
     get_settings.cache_clear()
-
-    def spawn(name: str, *, beat: bool = False) -> LiveWorker:
-        worker = LiveWorker(
-            backend=worker_backend,
-            db_url=worker_db_url,
-            engine=engine,
-            broker_url=f"{redis_server.url}/{BROKER_DB}",
-            backend_url=f"{redis_server.url}/{BACKEND_DB}",
-            policy_file=worker_policy_file,
-            executions_dir=executions,
-            log_file=workdir / f"{name}-{len(started)}.log",
-            name=name,
-            beat=beat,
-            queues="celery" if beat else "victims",
-            flush_broker=not started,
-            extra_env={"RWTEST_TASK_ROUTES": json.dumps(ROUTES)},
-        )
-        started.append(worker)
-        worker.start()
-        return worker
-
-    from worker.celery_app import app
-
-    point_app_at(f"{redis_server.url}/{BROKER_DB}", f"{redis_server.url}/{BACKEND_DB}")
-    routes = app.conf.task_routes
-    route_tasks(ROUTES)
-    try:
+    with worker_cluster(
+        backend=worker_backend,
+        db_url=worker_db_url,
+        policy_file=worker_policy_file,
+        redis_server=redis_server,
+        routes=ROUTES,
+        prefix="rw-recovery-",
+    ) as spawn:
         yield spawn
-    finally:
-        route_tasks(routes)
-        for worker in started:
-            if worker.process is not None:
-                # A stopped (SIGSTOP) worker must be able to take the SIGTERM.
-                os.killpg(worker.process.pid, signal.SIGCONT)
-            worker.stop()
-        engine.dispose()
-        get_settings.cache_clear()
-        shutil.rmtree(workdir, ignore_errors=True)
+    get_settings.cache_clear()
 
 
 def _journal(worker: LiveWorker, run_id: int) -> list[dict[str, Any]]:
