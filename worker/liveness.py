@@ -33,22 +33,22 @@ from worker.lifecycle.sql import statement
 
 logger = logging.getLogger(__name__)
 
-#: The registered worker's id, shared with the pool children it forks (0: none). A
-#: ``RawValue`` lives in shared memory, made at import (before any fork): a child forked
-#: before a late registration (the database was down at start-up) still sees the id once
-#: the main process has it.
-_WORKER_ID: Any = multiprocessing.RawValue(ctypes.c_longlong, 0)
-
 
 class _Process:
     #: The main process's liveness, for the shutdown signal (one per process).
     active: WorkerLiveness | None = None
+    #: The registered worker's id, shared with the pool children it forks (0: none). A
+    #: ``RawValue`` lives in shared memory, made by the worker's main process before its
+    #: pool forks (no other process makes one): a child forked before a late registration
+    #: (the database was down at start-up) still sees the id once the main process has it.
+    worker_id: Any = None
 
 
 def current_worker_id() -> int | None:
     """The id of the registered worker this process belongs to (its main process or one
     of its pool children); None outside a registered worker."""
-    return int(_WORKER_ID.value) or None
+    shared = _Process.worker_id
+    return (int(shared.value) or None) if shared is not None else None
 
 
 class WorkerLiveness:
@@ -60,6 +60,9 @@ class WorkerLiveness:
         self.nodename = nodename
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
+        if _Process.worker_id is None:
+            _Process.worker_id = multiprocessing.RawValue(ctypes.c_longlong, 0)
+        self._shared_id = _Process.worker_id
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -82,7 +85,7 @@ class WorkerLiveness:
         except Exception as exc:  # a database hiccup must not stop the worker
             self._log_failure("could not register worker", exc)
             return False
-        _WORKER_ID.value = int(worker_id)
+        self._shared_id.value = int(worker_id)
         logger.info(
             "worker %s registered as runwarden worker %d (heartbeat every %d s, lost after %d s)",
             self.nodename,
