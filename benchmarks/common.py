@@ -177,20 +177,7 @@ def _enable_pg_stat_statements(postgres: PostgresServer) -> None:
     # be preloaded: set it, then restart (pg_ctl reuses the options it was started with).
     with psycopg.connect(plain_url(postgres.url()), autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-    bindir = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]).parent
-    postgres._run(  # the servers module's own runner: it handles running as root
-        [
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(postgres.datadir),
-            "-l",
-            str(postgres.workdir / "log"),
-            "-w",
-            "-t",
-            "60",
-            "restart",
-        ]
-    )
+    postgres.pg_ctl("restart")
 
 
 def versions(srv: Servers) -> dict[str, str]:

@@ -59,6 +59,7 @@ class PostgresServer:
     port: int = field(default_factory=free_port)
     workdir: Path = field(init=False)
     _as_user: list[str] = field(init=False, default_factory=list)
+    _options: str = field(init=False, default="")
 
     @property
     def datadir(self) -> Path:
@@ -100,37 +101,35 @@ class PostgresServer:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c shared_buffers=256MB"
         )
-        self._run(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(self.datadir),
-                "-l",
-                str(self.workdir / "log"),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
+        self._options = options
+        self.pg_ctl("start")
         return self
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self._run(
-                [
-                    str(_pg_bindir() / "pg_ctl"),
-                    "-D",
-                    str(self.datadir),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ]
-            )
+            self.pg_ctl("stop", "-m", "immediate")
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def pg_ctl(self, action: str, *options: str) -> None:
+        """``pg_ctl <action>`` on this cluster, waiting for it (a fault: ``restart -m
+        fast``; an outage: ``stop -m fast``, later ``start``), with the options it was
+        first started with."""
+        if action == "start":
+            options = ("-o", self._options, *options)
+        self._run(
+            [
+                str(_pg_bindir() / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.workdir / "log"),
+                *options,
+                "-w",
+                "-t",
+                "60",
+                action,
+            ]
+        )
 
     def _run(self, argv: list[str]) -> None:
         result = subprocess.run(
@@ -148,6 +147,8 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
+    #: keep the data across a restart (an append-only file, as a production broker does)
+    persistent: bool = False
 
     @property
     def url(self) -> str:
@@ -155,7 +156,8 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         binary = redis_server_binary()
-        self.workdir = Path(tempfile.mkdtemp(prefix="runwarden-redis-"))
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="runwarden-redis-"))
         self.process = subprocess.Popen(
             [
                 binary,
@@ -166,7 +168,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
                 "--protected-mode",
@@ -190,6 +194,12 @@ class RedisServer:
         raise ServerUnavailable("redis-server did not answer within 20 s")
 
     def stop(self) -> None:
+        self.shutdown()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Stop the server, keeping its directory (and, if persistent, its data)."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -197,5 +207,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """The same server on the same port, after a clean shutdown."""
+        self.shutdown()
+        self.start()
