@@ -8,7 +8,14 @@ Runs are found by the Celery task id stored on the row: for a lost worker the re
 context in the main process can be empty, but the task id is always there. Each receiver
 does one short transaction -- in the main process it blocks the consumer loop -- and
 never raises: Celery would only log the error, and a receiver failure must not take the
-worker down. A run the bridge could not end is ended later by the reconciler.
+worker down.
+
+A write the database refused for being unreachable (a restart, an outage) is tried again
+for up to :data:`WRITE_RETRY_SECONDS` (:func:`worker.db.retry_transient`): a body's
+completion is known only to the process that ran it, and the message stays unacknowledged
+meanwhile (late acks: the pool child hands its result back only after its receivers ran).
+Each write is a compare-and-set, so a try that committed unseen is refused by the next.
+A run the bridge still could not end is ended later by the reconciler.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import signals
+from sqlalchemy.orm import Session
 
-from worker.db import statement_session
+from worker.db import retry_transient, statement_session
 from worker.dispatch import is_operation_task as _is_operation
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.task_events import (
@@ -39,6 +48,18 @@ from worker.settings import current_policy
 logger = logging.getLogger(__name__)
 
 _UID = "runwarden.bridge."
+#: How long a receiver keeps trying a write while the database is unreachable.
+WRITE_RETRY_SECONDS = 60.0
+
+
+def _write(what: str, write: Callable[[Session], BridgeOutcome]) -> BridgeOutcome:
+    """One receiver's write in its own statement session, through database outages."""
+
+    def attempt() -> BridgeOutcome:
+        with statement_session() as session:
+            return write(session)
+
+    return retry_transient(attempt, seconds=WRITE_RETRY_SECONDS, what=what, log=logger)
 
 
 def _facts(task_id: str, name: str | None, request: Any) -> TaskFacts:
@@ -80,15 +101,17 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         return
     request = getattr(sender, "request", None)
     try:
-        with statement_session() as session:
-            outcome = bridge_success(
+        outcome = _write(
+            f"completion of operation run {result['operation_run_id']}",
+            lambda session: bridge_success(
                 session,
                 run_id=int(result["operation_run_id"]),
                 attempt=int(result["attempt"]),
                 celery_task_id=str(result["celery_task_id"]),
                 outcome=result["outcome"],
                 summary_counts=result.get("summary_counts"),
-            )
+            ),
+        )
     except Exception:
         logger.exception("bridge could not record the success of %s", getattr(request, "id", "?"))
         return
@@ -126,8 +149,9 @@ def _apply_failure(
     attempts: int | None,
 ) -> None:
     try:
-        with statement_session() as session:
-            outcome = bridge_failure(
+        outcome = _write(
+            f"{reason} of task {facts.celery_task_id}",
+            lambda session: bridge_failure(
                 session,
                 reason_code=reason,
                 facts=facts,
@@ -135,7 +159,8 @@ def _apply_failure(
                 policy=current_policy(),
                 attempts=attempts,
                 extra_evidence=extra,
-            )
+            ),
+        )
     except Exception:
         logger.exception("bridge could not record %s for task %s", reason, facts.celery_task_id)
         return
@@ -154,10 +179,12 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
         original = reason if isinstance(reason, BaseException) else None
     retry_in = _retry_in_seconds(getattr(reason, "when", None))
     try:
-        with statement_session() as session:
-            outcome = bridge_retry(
+        outcome = _write(
+            f"retry of task {task_id}",
+            lambda session: bridge_retry(
                 session, facts=facts, exception=original, retry_in_seconds=retry_in
-            )
+            ),
+        )
     except Exception:
         logger.exception("bridge could not record the retry of task %s", task_id)
         return
@@ -205,14 +232,16 @@ def _on_revoked(
         )
         return
     try:
-        with statement_session() as session:
-            outcome = bridge_cancel(
+        outcome = _write(
+            f"revoke of task {task_id}",
+            lambda session: bridge_cancel(
                 session,
                 facts=facts,
                 signum=signum,
                 terminated=terminated,
                 policy=current_policy(),
-            )
+            ),
+        )
     except Exception:
         logger.exception("bridge could not record the revoke of task %s", task_id)
         return

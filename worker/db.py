@@ -14,19 +14,22 @@ another process committed in between.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote, quote_plus
 
 from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from migrations import VERSION_TABLE
@@ -44,6 +47,12 @@ if TYPE_CHECKING:
     from worker.lifecycle.policy import LifecyclePolicy
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
+#: Errors of a database that is down, restarting, locked or out of connections: the same
+#: statement may well succeed a moment later.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+#: The longest pause between two tries of :func:`retry_transient`.
+_RETRY_MAX_DELAY_SECONDS = 1.0
+_T = TypeVar("_T")
 #: How long :func:`interrupt` may take to deliver PostgreSQL's cancel request.
 _CANCEL_TIMEOUT_SECONDS = 2.0
 _engines: dict[tuple[int, str, bool, str | None], Engine] = {}
@@ -165,6 +174,36 @@ def get_engine(url: str | None = None, *, create: bool = True) -> Engine:
             engine = build_engine(url, create=create)
             _engines[key] = engine
         return engine
+
+
+def retry_transient(
+    write: Callable[[], _T], *, seconds: float, what: str, log: logging.Logger
+) -> _T:
+    """``write()``, tried again while the database is unreachable (:data:`TRANSIENT_ERRORS`)
+    for up to ``seconds``; the last error is raised after that.
+
+    For the writes whose truth exists nowhere else once the process moves on (a body's
+    completion, its failure): a database restart or a short outage delays them instead of
+    losing them. Each write must be a compare-and-set, so a try whose commit went through
+    but whose answer was lost is refused by the next, never applied twice.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            return write()
+        except TRANSIENT_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            first_line = next(iter(str(exc).splitlines()), "")
+            log.warning(
+                "%s: the database is unreachable (%s); trying again in %.1f s",
+                what,
+                scrub(f"{type(exc).__name__}: {first_line}")[:300],
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_DELAY_SECONDS)
 
 
 def _after_fork_in_child() -> None:
@@ -299,6 +338,7 @@ def statement_session(engine: Engine | None = None) -> Iterator[Session]:
 
 
 __all__ = [
+    "TRANSIENT_ERRORS",
     "DatabaseUnavailableError",
     "OperationalError",
     "build_engine",
@@ -311,6 +351,7 @@ __all__ = [
     "interrupt",
     "is_sqlite",
     "read_session",
+    "retry_transient",
     "statement_session",
     "unavailable",
     "write_session",

@@ -23,12 +23,10 @@ from typing import Any, Never
 
 from celery import Task
 from celery.exceptions import Ignore, Reject
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models import RunOutcome
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app, tick_limits
-from worker.db import get_engine, statement_session, write_session
+from worker.db import TRANSIENT_ERRORS, get_engine, statement_session, write_session
 from worker.dispatch import operation_task_name, publish_requeued
 from worker.errors import InvalidOptionsError, RunwardenError
 from worker.lifecycle.evidence import scrub_and_truncate
@@ -88,14 +86,28 @@ class RunContext(StartedRun):
 
     def heartbeat(self) -> bool:
         """Record that the run is alive; False means it ended meanwhile, or another
-        delivery owns it now (stop working)."""
-        with statement_session() as session:
-            return heartbeat_transition(
-                session,
+        delivery owns it now (stop working).
+
+        A database that cannot be reached (restarting, down) is no reason to stop: the
+        heartbeat is logged as not recorded and True returned, and the body goes on. Its
+        completion is fenced on its delivery anyway, and is retried while the database
+        is away (worker/bridge.py)."""
+        try:
+            with statement_session() as session:
+                return heartbeat_transition(
+                    session,
+                    self.id,
+                    attempt=self.attempt,
+                    celery_task_id=self.celery_task_id,
+                )
+        except TRANSIENT_ERRORS as exc:
+            logger.warning(
+                "heartbeat of operation run %s not recorded: the database is unreachable (%s)",
                 self.id,
-                attempt=self.attempt,
-                celery_task_id=self.celery_task_id,
+                type(exc).__name__,
+                extra={"operation_run_id": self.id},
             )
+            return True
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Any:
         """Retry this attempt later (raises Celery's ``Retry``)."""
@@ -129,8 +141,6 @@ def _facts(task: Task) -> TaskFacts:
 #: counts as one of its retries.
 START_TRIES = 3
 START_RETRY_DELAY_SECONDS = 0.5
-#: Errors of a database that is down, restarting, locked or out of connections.
-TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
 
 
 class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
@@ -177,7 +187,7 @@ class OperationTask(Task):  # type: ignore[misc]  # Celery is untyped
                         worker_id=current_worker_id(),
                     )
                 break
-            except TRANSIENT_DATABASE_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 if attempt == START_TRIES:
                     logger.warning(
                         "operation run %s could not start (%s); its message goes back to "

@@ -154,3 +154,18 @@ def recover(run: RunContext, **inputs: Any) -> OperationResult:
     threading.Event().wait(float(seconds))
     journal(run, "end")
     return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})
+
+
+@operation("test.await_go")
+def await_go(run: RunContext, **inputs: Any) -> OperationResult:
+    """Heartbeats every 0.2 s until the test drops ``<run id>.go`` beside the journal, then
+    succeeds: a body that lives through what the test does to the database meanwhile."""
+    journal(run, "start")
+    go = Path(os.environ["RUNWARDEN_TEST_EXECUTIONS_DIR"]) / f"{run.id}.go"
+    while not go.exists():
+        threading.Event().wait(0.2)
+        if not run.heartbeat():
+            journal(run, "fenced")
+            return OperationResult(outcome="succeeded")
+    journal(run, "end")
+    return OperationResult(outcome="succeeded", summary_counts={"attempt": run.attempt})

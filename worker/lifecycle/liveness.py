@@ -11,16 +11,17 @@ parity tests hold them together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from models import RunStatus, RunwardenWorker
 from models.operation_run import OperationRun
+from worker.lifecycle.clock import database_up_since
 from worker.lifecycle.evidence import iso, iso_or_none
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.policy import WorkerPolicy
@@ -43,9 +44,12 @@ class WorkerSnapshot:
     started_at: datetime
     last_heartbeat_at: datetime
     stopped_at: datetime | None = None
+    #: When the database last started, as read with the row (None: not known, or the
+    #: clock is pinned): heartbeats sent while it was down were never received.
+    database_up_since: datetime | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, row: RunwardenWorker) -> WorkerSnapshot:
+    def of(cls, row: RunwardenWorker, database_up_since: datetime | None = None) -> WorkerSnapshot:
         return cls(
             row.id,
             row.nodename,
@@ -54,16 +58,27 @@ class WorkerSnapshot:
             row.started_at,
             row.last_heartbeat_at,
             row.stopped_at,
+            database_up_since,
         )
 
     def state(self, policy: WorkerPolicy, now: datetime) -> WorkerState:
         """On the database's clock ``now``: silent for longer than ``lost_after_seconds``
-        is lost (the same strict comparison as the SQL: exactly at the threshold is alive)."""
+        is lost (the same strict comparison as the SQL: exactly at the threshold is alive).
+        Its silence counts from its last heartbeat, or from the database's start if that is
+        later: a database restart or outage is not a worker's death."""
         if self.stopped_at is not None:
             return WorkerState.STOPPED
-        if self.last_heartbeat_at < now - timedelta(seconds=policy.lost_after_seconds):
+        heard = self.last_heartbeat_at
+        if self.database_up_since is not None and self.database_up_since > heard:
+            heard = self.database_up_since
+        if heard < now - timedelta(seconds=policy.lost_after_seconds):
             return WorkerState.LOST
         return WorkerState.ALIVE
+
+    def heard_after(self, moment: datetime) -> bool:
+        """Whether the database heard this worker after ``moment``: its heartbeats were
+        getting through then, so a run of it that stayed silent since was really silent."""
+        return self.last_heartbeat_at > moment
 
     def last_seen(self) -> datetime:
         """When it was last known to be working: its stop, else its last heartbeat."""
@@ -102,12 +117,14 @@ def judged_by_worker(run: RunLike, worker_id: int | None) -> bool:
     return run.status == RunStatus.RUNNING and worker_id is not None and run.retry_due_at is None
 
 
-def worker_of(session: Session, run: RunLike) -> WorkerSnapshot | None:
+def worker_of(
+    session: Session, run: RunLike, *, database_up_since: datetime | None = None
+) -> WorkerSnapshot | None:
     """The worker that started ``run``'s current attempt, if one is recorded."""
     if run.worker_id is None:
         return None
     row = session.get(RunwardenWorker, run.worker_id)
-    return WorkerSnapshot.of(row) if row is not None else None
+    return WorkerSnapshot.of(row, database_up_since) if row is not None else None
 
 
 def count_alive(session: Session, policy: WorkerPolicy, now: datetime) -> int:
@@ -115,11 +132,19 @@ def count_alive(session: Session, policy: WorkerPolicy, now: datetime) -> int:
     :meth:`WorkerSnapshot.state`'s rule as a WHERE, so stopped workers piling up in the
     table are never loaded (``runwarden_workers_alive``, the overview)."""
     cutoff = now - timedelta(seconds=policy.lost_after_seconds)
+    up_since = database_up_since(session)
+    heard: ColumnElement[bool]
+    if up_since is not None and up_since >= cutoff:
+        # Restarted within lost_after_seconds: no registered worker has been silent
+        # that long while the database could hear it.
+        heard = RunwardenWorker.last_heartbeat_at.is_not(None)
+    else:
+        heard = RunwardenWorker.last_heartbeat_at >= cutoff
     count = session.scalar(
         select(func.count())
         .select_from(RunwardenWorker)
         .where(RunwardenWorker.stopped_at.is_(None))
-        .where(RunwardenWorker.last_heartbeat_at >= cutoff)
+        .where(heard)
     )
     return int(count or 0)
 
@@ -138,5 +163,6 @@ def list_workers(session: Session, *, limit: int = 50) -> list[tuple[WorkerSnaps
         .outerjoin(running, running.c.worker_id == RunwardenWorker.id)
         .order_by(RunwardenWorker.id.desc())
         .limit(limit)
-    )
-    return [(WorkerSnapshot.of(worker), int(count)) for worker, count in rows]
+    ).all()
+    up_since = database_up_since(session)
+    return [(WorkerSnapshot.of(worker, up_since), int(count)) for worker, count in rows]

@@ -10,7 +10,7 @@ in :mod:`worker.lifecycle.freshness`), in ``reconcile_pass`` and in SQLite's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from models import RunStatus
@@ -82,7 +82,8 @@ def assess(
 
     ``worker`` is the worker that started its current attempt (None: none recorded). A
     running run whose worker is gone is taken at once (``run.worker_lost``), judged from
-    the worker's last sign of life; otherwise the type's window decides. Then recovery
+    the worker's last sign of life; otherwise the type's window decides -- for a run on a
+    live worker, once that worker was heard after the window passed. Then recovery
     (:func:`worker.lifecycle.recovery.action_for`) says whether it is requeued or failed.
     """
     if run.status == RunStatus.COMPLETED or not policy.supports_scheduled_reconciliation(run.type):
@@ -94,6 +95,17 @@ def assess(
         return None
     window = stale_window(run, policy)
     assert window is not None  # covered and non-terminal, checked above
+    if (
+        not lost
+        and worker is not None
+        and not worker.heard_after(
+            window.reference_time + timedelta(seconds=window.threshold_seconds)
+        )
+    ):
+        # Its live worker has not been heard since the run's window passed: the database
+        # may have been unable to hear either (an outage), so the run's silence is no
+        # evidence yet. Once the worker is heard again, a still-silent run is stale.
+        return None
     if lost:
         assert worker is not None
         reason = ReasonCode.WORKER_LOST

@@ -81,6 +81,7 @@ def explain(
     policy: LifecyclePolicy,
     gate: QueuedExecutionLegitimacyGate,
     now: datetime,
+    database_up_since: datetime | None = None,
 ) -> RunExplanation:
     freshness = OperationRunFreshnessState.for_run(run, policy, now)
     legitimacy = gate.evaluate(session, run)
@@ -91,7 +92,7 @@ def explain(
         if window is not None
         else None
     )
-    worker = worker_of(session, run)
+    worker = worker_of(session, run, database_up_since=database_up_since)
     assessment = assess(run, policy, now, legitimacy, worker)
     terminal = terminal_record(run)
     why = _why(
@@ -189,6 +190,13 @@ def _why(
                 f"{policy.workers.lost_after_seconds} s); {_next_pass(assessment, run, policy)}"
             )
         on_worker = f" on worker {worker.nodename} (pid {worker.pid}, alive, seen {seen} s ago)"
+    if freshness is OperationRunFreshnessState.LIKELY_STALE and assessment is None and on_worker:
+        return (
+            f"{run.status}{on_worker}, {since} {age} s ago, past its "
+            f"{window.threshold_seconds} s window, but its worker has not been heard since "
+            "the window passed (the database may have been unreachable): the first pass "
+            "after the worker's next heartbeat decides"
+        )
     if freshness is OperationRunFreshnessState.LIKELY_STALE:
         reason = stale_reason(run.status)
         return (

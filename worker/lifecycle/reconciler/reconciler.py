@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from models import OperationRun, RunStatus
 from worker.db import is_sqlite, read_session, write_session
 from worker.errors import InvalidOptionsError
-from worker.lifecycle.clock import database_now
+from worker.lifecycle.clock import database_now, database_up_since
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.liveness import worker_of
@@ -276,14 +276,26 @@ class OperationLifecycleReconciler:
         """Why ``run`` (as loaded) should be force-failed; ``None`` if it should not."""
         now = now or self._clock(session)
         legitimacy = self._gate.evaluate(session, run)
-        return assess(run, self._policy, now, legitimacy, worker_of(session, run))
+        worker = worker_of(session, run, database_up_since=self._up_since(session))
+        return assess(run, self._policy, now, legitimacy, worker)
 
     def explain(self, session: Session, run: OperationRun) -> RunExplanation:
         """The assessment of one run with a sentence saying why it would (not) be failed."""
-        return explain(session, run, policy=self._policy, gate=self._gate, now=self._clock(session))
+        return explain(
+            session,
+            run,
+            policy=self._policy,
+            gate=self._gate,
+            now=self._clock(session),
+            database_up_since=self._up_since(session),
+        )
 
     def _pinned(self) -> datetime | None:
         return self._now() if self._now is not None else None
 
     def _clock(self, session: Session) -> datetime:
         return self._now() if self._now is not None else database_now(session)
+
+    def _up_since(self, session: Session) -> datetime | None:
+        # A pinned clock has no server behind it: nothing to excuse.
+        return None if self._now is not None else database_up_since(session)

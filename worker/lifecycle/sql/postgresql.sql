@@ -15,7 +15,11 @@
 -- from them. The Python reference is worker/lifecycle/reconciler/assessment.py; a test
 -- holds the two to identical changes.
 WITH clock AS (
-    SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now
+    -- The server's start bounds every worker's silence (heartbeats sent while it was
+    -- down never arrived); a pinned :now has no server behind it.
+    SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now,
+           CASE WHEN CAST(:now AS timestamptz) IS NULL THEN pg_postmaster_start_time() END
+               AS up_since
 ), policy AS (
     SELECT p.type, p.queued_s, p.running_s, p.truth_path, p.retry, p.max_attempts,
            clock.now - make_interval(secs => p.queued_s) AS queued_cutoff,
@@ -52,8 +56,9 @@ WITH clock AS (
     LEFT JOIN LATERAL (
         SELECT w.id, w.nodename, w.hostname, w.pid, w.last_heartbeat_at, w.stopped_at,
                w.stopped_at IS NOT NULL
-                   OR w.last_heartbeat_at < (SELECT clock.now FROM clock)
-                          - make_interval(secs => CAST(:lost_after_s AS int)) AS lost
+                   OR GREATEST(w.last_heartbeat_at, (SELECT clock.up_since FROM clock))
+                          < (SELECT clock.now FROM clock)
+                            - make_interval(secs => CAST(:lost_after_s AS int)) AS lost
         FROM runwarden_workers AS w
         WHERE w.id = r.worker_id AND r.status = 'running' AND r.retry_due_at IS NULL
     ) AS w ON true
@@ -61,10 +66,15 @@ WITH clock AS (
       -- A running run's last sign of life, or the time its retry is due if later
       -- (GREATEST ignores a NULL retry_due_at); or its worker is gone.
       -- A queued run's window counts from its requeue, if it was requeued.
+      -- A run on a live worker is stale only once that worker was heard after the
+      -- run's window passed (while the database could not hear, neither could it).
       AND (CASE WHEN r.status = 'queued'
                 THEN COALESCE(r.requeued_at, r.created_at) < p.queued_cutoff
                 ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
-                              r.retry_due_at) < p.running_cutoff END
+                              r.retry_due_at) < p.running_cutoff
+                     AND (w.id IS NULL
+                          OR COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
+                             < w.last_heartbeat_at - make_interval(secs => p.running_s)) END
            OR w.lost)
       AND (CAST(:tenant_ids AS bigint[]) IS NULL
            OR r.tenant_id = ANY(CAST(:tenant_ids AS bigint[])))
@@ -374,3 +384,7 @@ RETURNING r.id, r.type, r.status, r.celery_task_id, r.attempts;
 UPDATE operation_runs AS r SET publish_pending = true
 FROM jsonb_to_recordset(CAST(:payload AS jsonb)) AS p(id bigint, celery_task_id text)
 WHERE r.id = p.id AND r.celery_task_id = p.celery_task_id AND r.status = 'queued';
+
+-- name: database_started
+-- When the server last started: heartbeats sent before then, while it was down, were never received.
+SELECT pg_postmaster_start_time() AS started;

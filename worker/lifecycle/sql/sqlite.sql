@@ -19,6 +19,7 @@ SELECT r.id, r.type, r.status, r.outcome, r.workspace_id, r.tenant_id, r.user_id
        w.last_heartbeat_at AS worker_last_heartbeat_at, w.stopped_at AS worker_stopped_at
 FROM operation_runs AS r
 JOIN (SELECT json_extract(value, '$.type') AS type,
+             json_extract(value, '$.running_s') AS running_s,
              json_extract(value, '$.queued_cutoff') AS queued_cutoff,
              json_extract(value, '$.running_cutoff') AS running_cutoff
       FROM json_each(:policy)) AS p ON p.type = r.type
@@ -29,9 +30,16 @@ WHERE r.status IN ('queued', 'running')
   -- SQLite is NULL if an argument is, hence '' for no retry: it sorts before any time);
   -- or its worker is gone.
   -- A queued run's window counts from its requeue, if it was requeued.
+  -- A run on a live worker is stale only once that worker was heard after the run's
+  -- window passed; strftime keeps milliseconds, so '999' makes its cutoff an upper bound
+  -- and the scan a superset of what the assessment in Python then takes exactly.
   AND (CASE WHEN r.status = 'queued' THEN COALESCE(r.requeued_at, r.created_at) < p.queued_cutoff
             ELSE max(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
-                     COALESCE(r.retry_due_at, '')) < p.running_cutoff END
+                     COALESCE(r.retry_due_at, '')) < p.running_cutoff
+                 AND (w.id IS NULL
+                      OR COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
+                         < strftime('%Y-%m-%d %H:%M:%f', w.last_heartbeat_at,
+                                    '-' || p.running_s || ' seconds') || '999') END
        OR w.stopped_at IS NOT NULL
        OR w.last_heartbeat_at < :lost_cutoff)
   AND (:tenant_ids IS NULL OR r.tenant_id IN (SELECT value FROM json_each(:tenant_ids)))
