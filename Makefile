@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test lint bench servers clean
+.PHONY: setup run test lint bench chaos servers clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ lint: setup
 
 bench: setup servers
 	$(BIN)/python -m benchmarks
+
+# 1,000 runs through real workers with every fault at once (CHAOS_ARGS="--seed 3 --quick").
+chaos: setup servers
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache
