@@ -84,8 +84,8 @@ class Events:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     items: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, kind: str, **details: Any) -> dict[str, Any]:
-        item = {"kind": kind, "t": now(), **details}
+    def add(self, kind: str, *, at: float | None = None, **details: Any) -> dict[str, Any]:
+        item = {"kind": kind, "t": now() if at is None else at, **details}
         with self._lock:
             self.items.append(item)
             with self.path.open("a") as handle:

@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,17 +42,31 @@ class Dispatched:
     error: str | None = None
     dispatched_at: float | None = None
     actions: list[str] = field(default_factory=list)
+    #: tamperings done before the run's id was known: (action, when)
+    early: list[tuple[str, float]] = field(default_factory=list)
 
 
-class _ExpiringApp:
-    """The Celery app, publishing messages that have already expired."""
+class _Publisher:
+    """The Celery app as ``start_operation`` publishes with it, doing a fate's tampering
+    after the run's row is committed and before its message is sent: the run is queued,
+    and no worker can have started it yet."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, before: Callable[[str], None] | None = None) -> None:
         self._app = app
+        self._before = before
+
+    def send_task(self, name: str, **options: Any) -> Any:
+        if self._before is not None:
+            self._before(str(options["task_id"]))
+        return self._app.send_task(name, **options)
+
+
+class _ExpiringPublisher(_Publisher):
+    """Publishes messages that have already expired."""
 
     def send_task(self, name: str, **options: Any) -> Any:
         expires = datetime.now(UTC) - timedelta(seconds=1)
-        return self._app.send_task(name, expires=expires, **options)
+        return super().send_task(name, expires=expires, **options)
 
 
 @dataclass
@@ -118,7 +133,13 @@ class Harness:
         if planned.fate == "tenant_deactivated":
             tenant = self.spare_tenants.pop()
         item.tenant_id = tenant
-        publisher = _ExpiringApp(app) if planned.fate == "expired" else app
+        publisher: Any = app
+        if planned.fate == "expired":
+            publisher = _ExpiringPublisher(app)
+        elif planned.fate == "tenant_deactivated":
+            publisher = _Publisher(app, lambda _: self._deactivate(item))
+        elif planned.fate == "revoke_queued":
+            publisher = _Publisher(app, lambda task_id: self._revoke(item, app, task_id))
         inputs = {"seconds": planned.seconds, "fate": planned.fate}
         give_up = time.monotonic() + DISPATCH_GIVE_UP_SECONDS
         while True:
@@ -134,6 +155,8 @@ class Harness:
                 item.run_id = exc.operation_run_id
                 item.dispatch = "dispatch_failed"
                 item.error = type(exc).__name__
+                for action, at in item.early:
+                    self._act(item, action, at)
                 return item
             except Exception as exc:  # the database is down: the application retries
                 item.error = type(exc).__name__
@@ -141,6 +164,8 @@ class Harness:
                     item.dispatch = "not_created"
                     return item
                 time.sleep(0.5)
+        for action, at in item.early:
+            self._act(item, action, at)
         item.task_id = self._task_id(item.run_id)
         self._tamper(item, app)
         return item
@@ -162,16 +187,7 @@ class Harness:
         if task_id is None:
             return
         try:
-            if fate == "tenant_deactivated":
-                with self.cluster.connect() as conn:
-                    conn.execute(
-                        "UPDATE tenants SET is_active = false WHERE id = %s", (item.tenant_id,)
-                    )
-                self._act(item, "tenant_deactivated")
-            elif fate == "revoke_queued":
-                app.control.revoke(task_id)
-                self._act(item, "revoked")
-            elif fate == "duplicate":
+            if fate == "duplicate":
                 app.send_task(
                     operation_task_name(item.planned.type),
                     kwargs={"operation_run_id": item.run_id},
@@ -185,9 +201,26 @@ class Harness:
         except Exception as exc:  # the broker or database is down: the fault is the fate
             self._act(item, f"{fate}_failed:{type(exc).__name__}")
 
-    def _act(self, item: Dispatched, action: str) -> None:
+    def _deactivate(self, item: Dispatched) -> None:
+        try:
+            with self.cluster.connect() as conn:
+                conn.execute(
+                    "UPDATE tenants SET is_active = false WHERE id = %s", (item.tenant_id,)
+                )
+            self._act(item, "tenant_deactivated")
+        except Exception as exc:
+            self._act(item, f"deactivate_failed:{type(exc).__name__}")
+
+    def _revoke(self, item: Dispatched, app: Any, task_id: str) -> None:
+        try:
+            app.control.revoke(task_id)
+            item.early.append(("revoked", now()))
+        except Exception as exc:
+            item.early.append((f"revoke_failed:{type(exc).__name__}", now()))
+
+    def _act(self, item: Dispatched, action: str, at: float | None = None) -> None:
         item.actions.append(action)
-        self.events.add("tamper", run=item.run_id, action=action)
+        self.events.add("tamper", at=at, run=item.run_id, action=action)
 
     def _revoke_when_running(self, item: Dispatched, app: Any) -> None:
         deadline = time.monotonic() + 60
