@@ -16,7 +16,7 @@ stays the window's -- except in the ``requeue`` data.
 The ``requeue`` data (:data:`REQUEUE_KIND`) makes every 10th stale run (``id % 90 = 0``)
 one of the retry type :data:`RETRY_TYPE` (``recovery = "retry"``, ``max_attempts = 2``,
 :data:`RETRY_TYPE_TOML`) on its first attempt, running on the one lost worker
-(:data:`LOST_WORKER_ID`, silent for two days): the drain requeues it, as
+(:data:`LOST_WORKER_ID`, stopped two days ago): the drain requeues it, as
 ``run.worker_lost``, instead of failing it.
 
 Stale runs come in two shapes (:data:`STALE_CREATED`): each with its own creation time, or
@@ -119,10 +119,14 @@ INSERT INTO runwarden_workers (nodename, hostname, pid, started_at, last_heartbe
 SELECT 'celery@bench-' || i, 'bench-' || i, 1000 + i, now() - interval '1 hour', now()
 FROM generate_series(1, {workers}) AS i;
 """
-# Silent for twice the policy's lost_after_seconds.
+# Stopped, and silent since, twice the policy's lost_after_seconds ago. Stopped rather than
+# only silent: a worker's silence counts from the database server's start at the earliest
+# (a restart is no worker's death), and the benchmark's server is minutes old.
 _LOST_WORKER = f"""
-INSERT INTO runwarden_workers (id, nodename, hostname, pid, started_at, last_heartbeat_at)
+INSERT INTO runwarden_workers (id, nodename, hostname, pid, started_at, last_heartbeat_at,
+                               stopped_at)
 VALUES ({LOST_WORKER_ID}, 'celery@bench-lost', 'bench-lost', 999, now() - interval '3 days',
+        now() - make_interval(secs => {2 * WORKERS_LOST_AFTER_SECONDS}),
         now() - make_interval(secs => {2 * WORKERS_LOST_AFTER_SECONDS}));
 """
 

@@ -13,7 +13,9 @@ benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
 * the staleness rule on the database's clock (``now()``), a running run judged by the
   later of its last sign of life and its retry's due time;
 * the worker that started a running run (joined; lost after ``lost_after_seconds`` of
-  silence on the database's clock, or stopped: ``run.worker_lost``), and its evidence;
+  silence on the database's clock counted from its last heartbeat or the server's start,
+  or stopped: ``run.worker_lost``), and its evidence; a run on a live worker stale only
+  once that worker was heard after the run's window;
 * the legitimacy inputs (tenant and user joined) and the full evidence, the policy's
   hash included;
 * recovery: the try a run is on (``attempts + unstarted_attempts``, plus one for a queued
@@ -86,7 +88,8 @@ candidates AS (
     JOIN policy AS p ON p.type = r.type
     LEFT JOIN LATERAL (
         SELECT w.*, w.stopped_at IS NOT NULL
-                    OR w.last_heartbeat_at < now() - make_interval(secs => %(lost_after_s)s)
+                    OR GREATEST(w.last_heartbeat_at, pg_postmaster_start_time())
+                       < now() - make_interval(secs => %(lost_after_s)s)
                     AS lost
         FROM runwarden_workers AS w
         WHERE w.id = r.worker_id AND r.status = 'running' AND r.retry_due_at IS NULL
@@ -97,7 +100,10 @@ candidates AS (
                      < now() - make_interval(secs => p.queued_s)
                 ELSE GREATEST(COALESCE(r.last_heartbeat_at, r.started_at, r.created_at),
                               r.retry_due_at)
-                     < now() - make_interval(secs => p.running_s) END
+                     < now() - make_interval(secs => p.running_s)
+                     AND (w.id IS NULL
+                          OR COALESCE(r.last_heartbeat_at, r.started_at, r.created_at)
+                             < w.last_heartbeat_at - make_interval(secs => p.running_s)) END
            OR w.lost)
     -- The partial index's own order: ORDER BY id would let the planner walk the primary
     -- key past every completed run (the cost grows with each pass of a drain).
