@@ -18,6 +18,12 @@ Delivery semantics, chosen deliberately:
   ``run.worker_lost`` at once.
 - ``worker_prefetch_multiplier = 1``: operations are long; a worker must not hoard
   messages that an idle worker could start.
+- Priorities (Redis: 0 is served first): operation messages are published at
+  :data:`worker.dispatch.OPERATION_PRIORITY`, the beat tick at :data:`TICK_PRIORITY`, so
+  the next free pool slot takes the tick before any queued operation. Without it, a
+  backlog longer than the interval made every tick expire in the queue, and nothing was
+  reconciled until the backlog drained. A tick still waits for a slot: a pool whose every
+  slot runs a long body delays it until one ends (its expiry is long enough for that).
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from worker.settings import Settings, current_policy, get_settings
 RECONCILE_TASK = "runwarden.reconcile_operation_runs"
 SCHEDULED_RECONCILE_TASK = "runwarden.reconcile_scheduled"
 BEAT_ENTRY = "reconcile-operation-runs"
+#: The tick's message priority: on the Redis broker a lower number is served first, and
+#: operations are published at :data:`worker.dispatch.OPERATION_PRIORITY`.
+TICK_PRIORITY = 0
+#: How many intervals a tick may wait for a pool slot before it is superseded.
+TICK_EXPIRY_INTERVALS = 10
 
 app = Celery("runwarden")
 
@@ -106,9 +117,13 @@ def build_config(settings: Settings, policy: LifecyclePolicy) -> dict[str, Any]:
             BEAT_ENTRY: {
                 "task": SCHEDULED_RECONCILE_TASK,
                 "schedule": float(policy.interval_seconds),
-                # A tick that waited a whole interval is superseded by the next one:
-                # while workers are down, ticks must not pile up in the queue.
-                "options": {"expires": float(policy.interval_seconds)},
+                # Ahead of every queued operation; superseded after a while, so ticks
+                # do not pile up while workers are down (a late tick finds the lock held
+                # or nothing left to do: it costs milliseconds).
+                "options": {
+                    "expires": float(policy.interval_seconds * TICK_EXPIRY_INTERVALS),
+                    "priority": TICK_PRIORITY,
+                },
             }
         },
     }

@@ -44,6 +44,11 @@ from worker.settings import current_policy
 
 logger = logging.getLogger(__name__)
 
+#: Operation messages' priority on the Redis broker (a lower number is served first): below
+#: the beat tick's (worker.celery_app.TICK_PRIORITY), so a backlog of operations never
+#: keeps the reconciler waiting for more than one free pool slot.
+OPERATION_PRIORITY = 3
+
 DISPATCH_SOURCE = "dispatch"
 #: Every operation task's name is this prefix and its run type.
 OPERATION_TASK_PREFIX = "operations."
@@ -239,7 +244,12 @@ def start_operation(  # noqa: PLR0917 - the contract takes these positionally
         app = default_app
     task_name = operation_task_name(type)
     try:
-        app.send_task(task_name, kwargs={"operation_run_id": run_id}, task_id=celery_task_id)
+        app.send_task(
+            task_name,
+            kwargs={"operation_run_id": run_id},
+            task_id=celery_task_id,
+            priority=OPERATION_PRIORITY,
+        )
     except Exception as exc:  # kombu/redis raise many types; any of them means "not sent"
         message = scrub_and_truncate(f"{exc.__class__.__name__}: {exc}")
         _fail_dispatch(run_id, task_name, celery_task_id, exc)
@@ -268,6 +278,7 @@ def publish_requeued(publication: Publication, *, app: Any = None) -> None:
         kwargs={"operation_run_id": publication.run_id},
         task_id=publication.celery_task_id,
         retries=publication.retries,
+        priority=OPERATION_PRIORITY,
     )
     logger.info(
         "requeued operation run %s published as attempt %s",

@@ -6,21 +6,31 @@ from pathlib import Path
 
 import pytest
 
-from worker.celery_app import BEAT_ENTRY, SCHEDULED_RECONCILE_TASK, build_config, tick_limits
+from worker.celery_app import (
+    BEAT_ENTRY,
+    SCHEDULED_RECONCILE_TASK,
+    TICK_PRIORITY,
+    build_config,
+    tick_limits,
+)
+from worker.dispatch import OPERATION_PRIORITY
 from worker.errors import ConfigurationError
 from worker.lifecycle.policy import parse_policy
 from worker.service.embedded import EmbeddedRedis
 from worker.settings import Settings
 
 
-def test_build_config__beat_tick_expires_and_lock_lives_one_interval() -> None:
+def test_build_config__beat_tick_goes_first_and_lock_lives_one_interval() -> None:
     policy = parse_policy("[reconciliation]\ninterval_seconds = 60\n")
     config = build_config(Settings(broker_url="redis://h:6379/0"), policy)
 
     entry = config["beat_schedule"][BEAT_ENTRY]
     assert entry["task"] == SCHEDULED_RECONCILE_TASK
     assert entry["schedule"] == 60.0
-    assert entry["options"]["expires"] == 60.0
+    # Served before any operation, and superseded only after ten intervals of waiting
+    # for a pool slot (tests/worker/test_tick_priority.py runs it in a real worker).
+    assert entry["options"]["priority"] == TICK_PRIORITY < OPERATION_PRIORITY
+    assert entry["options"]["expires"] == 600.0
     limits = tick_limits(60)
     assert config["task_annotations"][SCHEDULED_RECONCILE_TASK]["time_limit"] == (
         limits.hard_time_limit_seconds
