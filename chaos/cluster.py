@@ -42,7 +42,7 @@ running_stale_after_seconds = 20
 
 [types."chaos.retry"]
 queued_stale_after_seconds = 45
-running_stale_after_seconds = 20
+running_stale_after_seconds = 45
 
 [types."chaos.time_limit"]
 queued_stale_after_seconds = 45
@@ -50,7 +50,7 @@ running_stale_after_seconds = 20
 
 [types."chaos.heartbeat"]
 queued_stale_after_seconds = 45
-running_stale_after_seconds = 3
+running_stale_after_seconds = 12
 
 [types."chaos.quiet"]
 queued_stale_after_seconds = 45

@@ -12,7 +12,7 @@ FATES: dict[str, tuple[str, int]] = {
     "fail": ("chaos.fail", 9),
     "retry": ("chaos.retry", 8),
     "time_limit": ("chaos.time_limit", 3),
-    "heartbeats": ("chaos.heartbeat", 3),
+    "heartbeats": ("chaos.heartbeat", 2),
     "no_heartbeats": ("chaos.quiet", 3),
     "tenant_deactivated": ("chaos.quick", 6),
     "revoke_running": ("chaos.revoke", 4),
@@ -66,7 +66,8 @@ def _seconds(fate: str, rng: random.Random) -> float:
     if fate == "recover":
         return round(rng.uniform(1.0, 2.0), 3)
     if fate == "heartbeats":
-        return 5.0
+        # Longer than its type's running window (12 s; longer than an outage, 10 s).
+        return 16.0
     if fate in {"no_heartbeats", "revoke_running"}:
         return 6.0
     return round(rng.uniform(0.05, 0.3), 3)
