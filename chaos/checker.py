@@ -18,8 +18,10 @@ the raw row, and each is held against the journal.
 - (f) time to terminal, from the run's last sign of life, within its bound.
 
 A body that returned and was then killed before its completion could be written (its
-process SIGKILLed between its last journal line and the commit) is *indeterminate*: the
-recorded ``run.worker_lost`` is then accepted and counted apart.
+process SIGKILLed between its last journal line and the commit, or while a database
+fault kept the completion retrying) is *indeterminate*: the outcome lived only in the
+killed process's memory, the recorded ``run.worker_lost`` is accepted, and the run is
+counted apart.
 """
 
 from __future__ import annotations
@@ -275,12 +277,7 @@ class Checker:
             if last is None or last.returned != outcome:
                 violate("b", f"recorded {outcome}, but no body of its final attempt returned it")
         elif last is not None and last.returned in SUCCESS:
-            if (
-                reason == "run.worker_lost"
-                and last.killed_at is not None
-                and last.end is not None
-                and last.killed_at - last.end["t"] < INDETERMINATE_SECONDS
-            ):
+            if reason == "run.worker_lost" and self._lost_before_written(last):
                 indeterminate = True
             else:
                 violate("b", f"its body returned {last.returned}, recorded {outcome} ({reason})")
@@ -360,6 +357,21 @@ class Checker:
         if self._revoked_running(run["id"]):
             possible |= {"run.cancelled"}
         return reason in possible
+
+    def _lost_before_written(self, execution: Execution) -> bool:
+        """Killed after its body returned, before its completion could be written: within
+        moments of the end, or while a database fault kept the completion retrying --
+        the outcome lived only in the killed process's memory."""
+        if execution.killed_at is None or execution.end is None:
+            return False
+        ended, killed = float(execution.end["t"]), execution.killed_at
+        if killed - ended < INDETERMINATE_SECONDS:
+            return True
+        return any(
+            float(e.get("started", e["t"])) <= killed and float(e["t"]) >= ended
+            for e in self.events
+            if e["kind"] == "fault" and e["fault"] in {"pg_outage", "pg_restart"}
+        )
 
     def _revoked_running(self, run_id: int) -> bool:
         return any(

@@ -154,3 +154,15 @@ def test_checker__the_secret_anywhere() -> None:
 def test_checker__terminal_long_after_its_bound() -> None:
     slow = _run(completed_at=_ts(T0 + 1.0 + 30))
     assert rules(check([slow], HONEST)) == ["f"]
+
+
+def test_checker__a_body_killed_before_its_completion_could_be_written_is_indeterminate() -> None:
+    lost = _run(outcome="failed", context=_forced("run.worker_lost"))
+    # Killed 5 s after it returned, the database up all along: the completion had time.
+    late_kill = {"kind": "fault", "fault": "worker_kill", "t": T0 + 6.0, "pids": [100]}
+    assert rules(check([lost], HONEST, audit=[_audit()], events=[late_kill])) == ["b"]
+    # The same kill while PostgreSQL was down: the completion was still being retried.
+    outage = {"kind": "fault", "fault": "pg_outage", "started": T0 + 0.5, "t": T0 + 10.0}
+    report = check([lost], HONEST, audit=[_audit()], events=[outage, late_kill])
+    assert report.ok
+    assert report.counts["indeterminate"] == 1
