@@ -25,6 +25,10 @@ QUICK_RUNS = 100
 #: How long the harness waits, after the workload and its faults, for every run to end:
 #: the longest queued window, a requeued try's second window, and margin.
 SETTLE_SECONDS = 240.0
+#: Half the two workers' four slots, on average: room for the faults to build a backlog
+#: and for the cluster to work it off (at 4 a second a seed's backlog outgrew the 45 s
+#: queued window, and a tenth of the runs ended run.stale_queued, truthfully but unrun).
+RUNS_PER_SECOND = 3.0
 
 
 @dataclass
@@ -96,7 +100,7 @@ def bounds_of(policy_text: str) -> Bounds:
 def run_chaos(*, runs: int, seed: int, keep: bool = False, rate: float | None = None) -> Outcome:
     workdir = Path(tempfile.mkdtemp(prefix="runwarden-chaos-"))
     secret = f"chaos-secret-{seed}-Zq81"
-    plan = make_plan(seed, runs, runs_per_second=rate or (3.0 if runs <= QUICK_RUNS else 4.0))
+    plan = make_plan(seed, runs, runs_per_second=rate or RUNS_PER_SECOND)
     seconds: dict[str, float] = {}
     _log_to(workdir / "harness.log")
     try:
