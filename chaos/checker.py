@@ -45,12 +45,16 @@ RECORD_KEYS = ("reconciliation", "bridge", "legitimacy", "dispatch")
 #: Most severe first: a run's fault class is the first that touched it.
 FAULT_ORDER = (
     "worker_kill",
+    "worker_crash",
     "child_kill",
     "pg_outage",
     "pg_restart",
     "redis_restart",
     "cli_reconcile",
 )
+#: Faults that kill processes: a run is touched only if one of its bodies was among them.
+#: A crash is a worker that exited by itself (its supervisor, the harness, restarts it).
+KILLS = frozenset({"child_kill", "worker_kill", "worker_crash"})
 #: What the machine's load may add to any bound (two cores, everything on them).
 SLACK_SECONDS = 10.0
 #: A kill this soon after a body's last line may have beaten its completion's commit.
@@ -392,7 +396,7 @@ class Checker:
         return [
             (pid, e["t"])
             for e in self.events
-            if e["kind"] == "fault" and e["fault"] in {"child_kill", "worker_kill"}
+            if e["kind"] == "fault" and e["fault"] in KILLS
             for pid in e.get("pids", [])
         ]
 
@@ -465,7 +469,7 @@ class Checker:
             if began > end or ended < created:
                 continue
             fault = event["fault"]
-            if fault in {"child_kill", "worker_kill"} and not pids & set(event.get("pids", [])):
+            if fault in KILLS and not pids & set(event.get("pids", [])):
                 continue
             touched.add(fault)
         return next((fault for fault in FAULT_ORDER if fault in touched), "none")

@@ -80,6 +80,10 @@ class Harness:
     dispatched: list[Dispatched] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
     _rng: random.Random = field(init=False)
+    #: workers the fault thread is killing and restarting itself (not crashes)
+    _managed: set[str] = field(default_factory=set)
+    _supervising: threading.Event = field(default_factory=threading.Event)
+    _supervisor: threading.Thread | None = None
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.plan.seed + 1)
@@ -110,6 +114,44 @@ class Harness:
         self.tenant_id, self.spare_tenants = ids[0], ids[1:]
 
     # -- the workload ---------------------------------------------------------------------
+
+    def supervise(self) -> None:
+        """Restart any worker (or beat) that exits by itself, as a production supervisor
+        (a container's restart policy) would, recording its crash and the processes it
+        took with it -- until :meth:`stop_supervising`."""
+        thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        thread.start()
+        self._supervisor = thread
+
+    def stop_supervising(self) -> None:
+        self._supervising.set()
+        if self._supervisor is not None:
+            self._supervisor.join(30)
+
+    def _supervise(self) -> None:
+        seen: dict[str, list[int]] = {}
+        processes = [*self.cluster.workers.values(), self.cluster.beat]
+        while not self._supervising.wait(0.5):
+            for worker in processes:
+                if worker is None or worker.name in self._managed:
+                    continue
+                if worker.alive:
+                    assert worker.process is not None
+                    seen[worker.name] = [worker.process.pid, *worker.children()]
+                    continue
+                code = worker.process.returncode if worker.process is not None else None
+                self.events.add(
+                    "fault",
+                    fault="worker_crash",
+                    worker=worker.name,
+                    pids=seen.get(worker.name, []),
+                    returncode=code,
+                )
+                try:
+                    worker.start()
+                    self.events.add("restarted", worker=worker.name)
+                except Exception as exc:
+                    self.events.add("fault_error", fault="worker_crash", error=repr(exc))
 
     def run(self) -> None:
         started = time.monotonic()
@@ -269,11 +311,15 @@ class Harness:
             self.events.add("fault", fault=name, worker=worker.name, pids=[pid])
         elif name == "worker_kill":
             worker = self._rng.choice(live)
-            pids = worker.kill()
-            killed = self.events.add("fault", fault=name, worker=worker.name, pids=pids)
-            time.sleep(WORKER_DOWN_SECONDS)
-            worker.start()
-            self.events.add("restarted", worker=worker.name, after=killed["t"])
+            self._managed.add(worker.name)
+            try:
+                pids = worker.kill()
+                killed = self.events.add("fault", fault=name, worker=worker.name, pids=pids)
+                time.sleep(WORKER_DOWN_SECONDS)
+                worker.start()
+                self.events.add("restarted", worker=worker.name, after=killed["t"])
+            finally:
+                self._managed.discard(worker.name)
         elif name == "redis_restart":
             t0 = now()
             self.cluster.redis.restart()

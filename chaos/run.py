@@ -110,11 +110,13 @@ def run_chaos(*, runs: int, seed: int, keep: bool = False, rate: float | None = 
             events = Events(workdir / "events.jsonl")
             harness = Harness(running, plan, events)
             harness.configure()
+            harness.supervise()
             mark = time.monotonic()
             harness.run()
             seconds["workload"] = round(time.monotonic() - mark, 1)
             seconds["settle"] = round(harness.settle(SETTLE_SECONDS), 1)
             # Stop everything that writes, then read what it left.
+            harness.stop_supervising()
             running.stop()
             report = _check(running, harness, events, secret)
         seconds["total"] = round(time.monotonic() - started, 1)
