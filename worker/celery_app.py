@@ -19,7 +19,7 @@ Delivery semantics, chosen deliberately:
 - ``worker_prefetch_multiplier = 1``: operations are long; a worker must not hoard
   messages that an idle worker could start.
 - Priorities (Redis: 0 is served first): operation messages are published at
-  :data:`worker.dispatch.OPERATION_PRIORITY`, the beat tick at :data:`TICK_PRIORITY`, so
+  :data:`worker.publishing.OPERATION_PRIORITY`, the beat tick at :data:`TICK_PRIORITY`, so
   the next free pool slot takes the tick before any queued operation. Without it, a
   backlog longer than the interval made every tick expire in the queue, and nothing was
   reconciled until the backlog drained. A tick still waits for a slot: a pool whose every
@@ -41,7 +41,7 @@ RECONCILE_TASK = "runwarden.reconcile_operation_runs"
 SCHEDULED_RECONCILE_TASK = "runwarden.reconcile_scheduled"
 BEAT_ENTRY = "reconcile-operation-runs"
 #: The tick's message priority: on the Redis broker a lower number is served first, and
-#: operations are published at :data:`worker.dispatch.OPERATION_PRIORITY`.
+#: operations are published at :data:`worker.publishing.OPERATION_PRIORITY`.
 TICK_PRIORITY = 0
 #: How many intervals a tick may wait for a pool slot before it is superseded.
 TICK_EXPIRY_INTERVALS = 10

@@ -115,7 +115,7 @@ def _reconciler(*, publishing: bool = False) -> OperationLifecycleReconciler:
     policy = load_policy()
     if not publishing:
         return OperationLifecycleReconciler(policy)
-    from worker.dispatch import publish_requeued
+    from worker.publishing import publish_requeued
 
     # A requeued run's message goes out through the configured broker (Celery is imported
     # on the first publication only: a pass that requeues nothing never loads it).

@@ -38,31 +38,26 @@ from worker.errors import (
 )
 from worker.lifecycle.evidence import scrub_and_truncate
 from worker.lifecycle.reasons import ReasonCode
-from worker.lifecycle.recovery import Publication
 from worker.lifecycle.transitions import force_fail_non_terminal_run
+from worker.publishing import OPERATION_PRIORITY, is_operation_task, operation_task_name
 from worker.settings import current_policy
+
+# is_operation_task: the bridge imports it from here, where it lived before publishing
+# had a module of its own.
+__all__ = [
+    "OPERATION_PRIORITY",
+    "DispatchFailedError",
+    "is_operation_task",
+    "operation_task_name",
+    "run_identity_hash",
+    "start_operation",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Operation messages' priority on the Redis broker (a lower number is served first): below
-#: the beat tick's (worker.celery_app.TICK_PRIORITY), so a backlog of operations never
-#: keeps the reconciler waiting for more than one free pool slot.
-OPERATION_PRIORITY = 3
-
 DISPATCH_SOURCE = "dispatch"
-#: Every operation task's name is this prefix and its run type.
-OPERATION_TASK_PREFIX = "operations."
 #: Input names an operation body cannot take: it is called as ``body(run, **inputs)``.
 RESERVED_INPUT_NAMES = frozenset({"run"})
-
-
-def operation_task_name(type_name: str) -> str:
-    """The Celery task name of run type ``type_name``."""
-    return f"{OPERATION_TASK_PREFIX}{type_name}"
-
-
-def is_operation_task(name: object) -> bool:
-    return isinstance(name, str) and name.startswith(OPERATION_TASK_PREFIX)
 
 
 class DispatchFailedError(BrokerUnavailableError):
@@ -262,30 +257,6 @@ def start_operation(  # noqa: PLR0917 - the contract takes these positionally
         "operation run %s queued as %s", run_id, task_name, extra={"operation_run_id": run_id}
     )
     return run_id
-
-
-def publish_requeued(publication: Publication, *, app: Any = None) -> None:
-    """The reconciler's publisher: a requeued run's new message, by name, under its new
-    task id, with Celery ``retries`` set to the attempts already started -- so the start
-    takes it for the run's next attempt, as it takes a Celery retry. Raises if the broker
-    refused it (the run stays in the outbox)."""
-    if app is None:
-        from worker.celery_app import app as default_app
-
-        app = default_app
-    app.send_task(
-        operation_task_name(publication.type),
-        kwargs={"operation_run_id": publication.run_id},
-        task_id=publication.celery_task_id,
-        retries=publication.retries,
-        priority=OPERATION_PRIORITY,
-    )
-    logger.info(
-        "requeued operation run %s published as attempt %s",
-        publication.run_id,
-        publication.retries + 1,
-        extra={"operation_run_id": publication.run_id},
-    )
 
 
 def _check_id(key: str, value: object) -> None:

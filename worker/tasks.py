@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Never
 
@@ -27,7 +27,6 @@ from celery.exceptions import Ignore, Reject
 from models import RunOutcome
 from worker.celery_app import RECONCILE_TASK, SCHEDULED_RECONCILE_TASK, app, tick_limits
 from worker.db import TRANSIENT_ERRORS, get_engine, statement_session, write_session
-from worker.dispatch import operation_task_name, publish_requeued
 from worker.errors import InvalidOptionsError, RunwardenError
 from worker.lifecycle.evidence import scrub_and_truncate
 from worker.lifecycle.execution import StartDecision, StartedRun, parse_run_id, start_execution
@@ -40,12 +39,13 @@ from worker.lifecycle.reconciler import (
     OperationLifecycleReconciler,
     ReconcileOptions,
 )
-from worker.lifecycle.recovery import Publication
+from worker.lifecycle.recovery import Publication, PublishFailure
 from worker.lifecycle.task_events import TaskFacts
 from worker.lifecycle.ticks import RECONCILE_TICK, record_tick
 from worker.lifecycle.transitions import TASK_OUTCOMES
 from worker.liveness import current_worker_id
 from worker.locks import RECONCILE_LOCK_KEY, RedisLock, redis_client
+from worker.publishing import operation_task_name, publish_requeued
 from worker.settings import current_policy, get_settings
 
 logger = logging.getLogger(__name__)
@@ -273,9 +273,9 @@ def operation(type_name: str, **task_options: Any) -> Callable[[OperationBody], 
 # -- reconciliation ----------------------------------------------------------------------
 
 
-def _publish(publication: Publication) -> None:
+def _publish(publications: Sequence[Publication]) -> list[PublishFailure]:
     # The app the ticks run in: its broker is where the workers listen.
-    publish_requeued(publication, app=app)
+    return publish_requeued(publications, app=app)
 
 
 def _error_result(exc: RunwardenError) -> dict[str, Any]:

@@ -5,6 +5,7 @@ compare-and-set while the old delivery loses every write."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from worker.lifecycle.execution import StartDecision, heartbeat, start_execution
 from worker.lifecycle.gate import QueuedExecutionLegitimacyGate
 from worker.lifecycle.policy import LifecyclePolicy, TypePolicy, WorkerPolicy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler
-from worker.lifecycle.recovery import Publication
+from worker.lifecycle.recovery import Publication, PublishFailure, PublishResult
 from worker.lifecycle.transitions import complete
 
 POLICY = LifecyclePolicy(
@@ -176,7 +177,7 @@ def test_outbox__publishes_after_commit_keeps_what_the_broker_refused_for_a_late
     with read_session(engine) as session:
         old_task_id = session.get(OperationRun, run_id).celery_task_id  # type: ignore[union-attr]
 
-    def broker_down(publication: Publication) -> None:
+    def broker_down(publications: Sequence[Publication]) -> list[PublishFailure]:
         raise ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
 
     down = OperationLifecycleReconciler(POLICY, publisher=broker_down)
@@ -190,12 +191,14 @@ def test_outbox__publishes_after_commit_keeps_what_the_broker_refused_for_a_late
 
     sent: list[Publication] = []
 
-    def broker(publication: Publication) -> None:
+    def broker(publications: Sequence[Publication]) -> list[PublishFailure]:
         # Published after the requeue committed: a reader sees the row as the message says.
-        with read_session(engine) as session:
-            row = session.get(OperationRun, publication.run_id)
-            assert row is not None and row.celery_task_id == publication.celery_task_id
-        sent.append(publication)
+        for publication in publications:
+            with read_session(engine) as session:
+                row = session.get(OperationRun, publication.run_id)
+                assert row is not None and row.celery_task_id == publication.celery_task_id
+            sent.append(publication)
+        return []
 
     up = OperationLifecycleReconciler(POLICY, publisher=broker)
     # A later call with nothing to reconcile still publishes what waited, once.
@@ -206,6 +209,42 @@ def test_outbox__publishes_after_commit_keeps_what_the_broker_refused_for_a_late
         assert session.get(OperationRun, run_id).publish_pending is False  # type: ignore[union-attr]
 
 
+def test_outbox__a_claim_the_broker_took_in_part__gives_back_exactly_the_rest(
+    engine: Engine,
+) -> None:
+    run_ids = sorted(_requeued_run(engine)[0] for _ in range(4))
+    claims: list[list[int]] = []
+
+    def broker_fails_after_two(publications: Sequence[Publication]) -> list[PublishFailure]:
+        # One call for the whole claim; the broker went away after its first two.
+        claims.append([p.run_id for p in publications])
+        error = ConnectionError("Connection reset by peer")
+        return [PublishFailure(p, error) for p in publications[2:]]
+
+    reconciler = OperationLifecycleReconciler(POLICY, publisher=broker_fails_after_two)
+    result = reconciler.reconcile(engine)
+    assert (result.reconciled, result.requeued) == (4, 4)
+    assert claims == [run_ids]
+    with read_session(engine) as session:
+        pending = {
+            run.id: run.publish_pending
+            for run in session.scalars(select(OperationRun).where(OperationRun.id.in_(run_ids)))
+        }
+    assert pending == {run_ids[0]: False, run_ids[1]: False, run_ids[2]: True, run_ids[3]: True}
+
+    sent: list[int] = []
+
+    def broker(publications: Sequence[Publication]) -> list[PublishFailure]:
+        sent.extend(p.run_id for p in publications)
+        return []
+
+    # The next call publishes what was given back, and only that.
+    assert OperationLifecycleReconciler(POLICY, publisher=broker).publish_pending(
+        engine
+    ) == PublishResult(published=2, failed=0)
+    assert sent == run_ids[2:]
+
+
 def test_start__the_requeued_message_starts_the_next_attempt_and_the_old_delivery_loses(
     engine: Engine,
 ) -> None:
@@ -213,7 +252,12 @@ def test_start__the_requeued_message_starts_the_next_attempt_and_the_old_deliver
     with read_session(engine) as session:
         old_task_id = session.get(OperationRun, run_id).celery_task_id  # type: ignore[union-attr]
     sent: list[Publication] = []
-    OperationLifecycleReconciler(POLICY, publisher=sent.append).reconcile(engine)
+
+    def broker(publications: Sequence[Publication]) -> list[PublishFailure]:
+        sent.extend(publications)
+        return []
+
+    OperationLifecycleReconciler(POLICY, publisher=broker).reconcile(engine)
     (publication,) = sent
     gate = QueuedExecutionLegitimacyGate(POLICY)
 

@@ -28,9 +28,10 @@ from tests.worker.conftest import (
     wait_for,
     worker_cluster,
 )
-from worker.dispatch import publish_requeued, start_operation
+from worker.dispatch import start_operation
 from worker.lifecycle.policy import parse_policy
 from worker.lifecycle.reconciler import OperationLifecycleReconciler
+from worker.publishing import publish_requeued
 from worker.settings import get_settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -200,7 +201,7 @@ def test_recovery__broker_down_at_the_requeue__a_later_pass_publishes_it_once(
     down.conf.broker_connection_timeout = 1
     policy = parse_policy(POLICY)
     reconciler = OperationLifecycleReconciler(
-        policy, publisher=lambda p: publish_requeued(p, app=down)
+        policy, publisher=lambda claim: publish_requeued(claim, app=down)
     )
     result = reconciler.reconcile(victim.engine)
     assert (result.reconciled, result.requeued) == (1, 1)

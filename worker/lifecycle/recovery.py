@@ -16,11 +16,13 @@ imports Celery). The message carries Celery ``retries`` equal to the attempts al
 started, so its start passes the start statement's compare-and-set (``attempts =
 retries``) as the run's next attempt, exactly as a Celery retry does.
 
-Publishing claims the pending rows first (one statement, committed), then publishes:
-a run is never published twice for one requeue. A publish that fails (broker down)
-gives the claim back, so a later call publishes it; a process that dies between its
-claim and its publish leaves the run queued with no message -- which is what the queued
-window catches: the run is requeued (a try) or failed as ``run.stale_queued``.
+Publishing claims the pending rows first (one statement, committed), then hands the
+whole claim to the publisher at once, which sends it on one broker connection: a run is
+never published twice for one requeue. Each publication the publisher could not send
+(broker down, before or part way through the claim) is given back, so a later call
+publishes it; a process that dies between its claim and its publish leaves the run
+queued with no message -- which is what the queued window catches: the run is requeued
+(a try) or failed as ``run.stale_queued``.
 """
 
 from __future__ import annotations
@@ -160,8 +162,20 @@ class Publication:
     retries: int
 
 
-#: Hands one message to the broker; raises if it could not.
-Publisher = Callable[[Publication], None]
+@dataclass(frozen=True, slots=True)
+class PublishFailure:
+    """A publication the broker did not take, and why."""
+
+    publication: Publication
+    error: BaseException
+
+
+#: Hands a claim's messages to the broker, in the order given, and returns those it could
+#: not send (none: all sent), each with its error; they go back to the outbox. A
+#: publisher that raises sent none of them, as far as the caller knows: all go back. A
+#: message given back that did reach the broker is harmless: its copy, published again
+#: under the same task id and attempt, is refused at its start as a duplicate.
+Publisher = Callable[[Sequence[Publication]], Sequence[PublishFailure]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,30 +187,37 @@ class PublishResult:
 def publish_pending(
     engine: Engine | Connection, publisher: Publisher, *, limit: int = MAX_BATCH_LIMIT
 ) -> PublishResult:
-    """Publish every requeued run still waiting for its message (up to ``limit``), each
-    after its claim committed; give the claim back for each publish that fails."""
+    """Publish every requeued run still waiting for its message (up to ``limit``), all
+    in one call of ``publisher`` after their claim committed; give the claim back for
+    each publication it could not send."""
     claimed = _claim(engine, limit)
-    published = 0
-    failed: list[Publication] = []
-    for publication in claimed:
-        try:
-            publisher(publication)
-        except Exception as exc:  # a broker client raises many types; all mean "not sent"
-            failed.append(publication)
-            logger.warning(
-                "requeued operation run %s not published (%s); a later pass publishes it",
-                publication.run_id,
-                scrub_and_truncate(f"{type(exc).__name__}: {exc}", 300),
-                extra={
-                    "operation_run_id": publication.run_id,
-                    "celery_task_id": publication.celery_task_id,
-                },
-            )
-        else:
-            published += 1
-    if failed:
-        _release(engine, failed)
-    return PublishResult(published, len(failed))
+    if not claimed:
+        return PublishResult()
+    try:
+        failures = list(publisher(claimed))
+    except Exception as exc:  # a broker client raises many types; all mean "not sent"
+        failures = [PublishFailure(publication, exc) for publication in claimed]
+    for failure in failures:
+        publication = failure.publication
+        logger.warning(
+            "requeued operation run %s not published (%s); a later pass publishes it",
+            publication.run_id,
+            scrub_and_truncate(_describe(failure.error), 300),
+            extra={
+                "operation_run_id": publication.run_id,
+                "celery_task_id": publication.celery_task_id,
+            },
+        )
+    if failures:
+        _release(engine, [failure.publication for failure in failures])
+    return PublishResult(len(claimed) - len(failures), len(failures))
+
+
+def _describe(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    cause = error.__cause__
+    # A broker client's own error often wraps the one that says what happened.
+    return f"{text}; {type(cause).__name__}: {cause}" if cause is not None else text
 
 
 def _claim(target: Engine | Connection, limit: int) -> list[Publication]:
