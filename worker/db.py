@@ -9,6 +9,9 @@ at once. WAL lets readers run beside a writer; every write path opens its transa
 ``BEGIN IMMEDIATE`` (:func:`write_session`), because a deferred transaction that reads and
 then writes fails at once with "database is locked" -- whatever the busy timeout -- when
 another process committed in between.
+
+SQLAlchemy's ORM is imported where a session is opened, not with this module: a command
+that runs only named SQL on a connection (``reconcile`` on PostgreSQL) never loads it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import Session
 
 from migrations import VERSION_TABLE
 from models.types import sqlite_timestamp
@@ -44,6 +46,8 @@ from worker.lifecycle.evidence import REDACTED, is_secret_name, scrub
 from worker.settings import Settings, check_schema_name, get_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from worker.lifecycle.policy import LifecyclePolicy
 
 _IMMEDIATE = "runwarden_sqlite_immediate"
@@ -246,7 +250,7 @@ def interrupt(dbapi_connection: Any) -> None:
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:
-    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    engine = bind if isinstance(bind, Engine | Connection) else bind.get_bind()
     return engine.dialect.name == "sqlite"
 
 
@@ -287,6 +291,8 @@ def unavailable(exc: DBAPIError, url: str | None = None) -> DatabaseUnavailableE
 def read_session(engine: Engine | None = None) -> Iterator[Session]:
     """A session for reading. Closing it ends the transaction and detaches what was loaded,
     which stays readable."""
+    from sqlalchemy.orm import Session
+
     engine = engine or get_engine()
     with Session(engine, expire_on_commit=False) as session:
         yield session
@@ -306,6 +312,8 @@ def write_session(engine: Engine | None = None) -> Iterator[Session]:
     On SQLite the transaction starts with ``BEGIN IMMEDIATE``, taking the write lock
     before the first read, so read-then-write transactions never fail half way.
     """
+    from sqlalchemy.orm import Session
+
     engine = engine or get_engine()
     with Session(immediate(engine), expire_on_commit=False) as session, session.begin():
         yield session
@@ -322,6 +330,8 @@ def statement_session(engine: Engine | None = None) -> Iterator[Session]:
     on SQLite it is a :func:`write_session`. Nothing here may rely on two statements
     committing together -- the CAS in each write is what keeps the run truthful.
     """
+    from sqlalchemy.orm import Session
+
     engine = engine or get_engine()
     if is_sqlite(engine):
         with write_session(engine) as session:

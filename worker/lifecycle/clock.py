@@ -12,16 +12,23 @@ the database was up to hear it (:func:`database_up_since`, PostgreSQL's start).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
 from worker.lifecycle.sql import statement
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+
+def _dialect(bind: Session | Connection) -> str:
+    return bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
 
 
 def database_now(bind: Session | Connection) -> datetime:
     """The database's current time (UTC, aware)."""
-    dialect = bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
+    dialect = _dialect(bind)
     value = bind.execute(statement(dialect, "clock")).scalar_one()
     assert isinstance(value, datetime)
     return value
@@ -30,7 +37,7 @@ def database_now(bind: Session | Connection) -> datetime:
 def database_up_since(bind: Session | Connection) -> datetime | None:
     """When the database server last started (PostgreSQL), or None (SQLite: the file is
     there whenever its writers are)."""
-    dialect = bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
+    dialect = _dialect(bind)
     if dialect != "postgresql":
         return None
     value = bind.execute(statement(dialect, "database_started")).scalar_one()

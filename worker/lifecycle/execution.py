@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from models import OperationRun, RunStatus
 from models.types import is_id
 from worker.lifecycle.evidence import dumps
-from worker.lifecycle.freshness import RUN_SNAPSHOT_COLUMNS, RunSnapshot
+from worker.lifecycle.freshness import RunSnapshot
 from worker.lifecycle.gate import (
     CHECK_NAMES,
     LegitimacyResult,
@@ -36,8 +36,25 @@ from worker.lifecycle.transitions import block, dialect_of
 GATE_SOURCE = "legitimacy_gate"
 _ALLOWED = LegitimacyResult.from_checks(dict.fromkeys(CHECK_NAMES, True))
 
+#: The columns of :class:`RunSnapshot`, in its field order up to ``unstarted_attempts``.
+_RUN_COLUMNS = (
+    OperationRun.id,
+    OperationRun.type,
+    OperationRun.status,
+    OperationRun.outcome,
+    OperationRun.workspace_id,
+    OperationRun.tenant_id,
+    OperationRun.user_id,
+    OperationRun.created_at,
+    OperationRun.started_at,
+    OperationRun.last_heartbeat_at,
+    OperationRun.retry_due_at,
+    OperationRun.worker_id,
+    OperationRun.requeued_at,
+    OperationRun.attempts,
+    OperationRun.unstarted_attempts,
+)
 # Built once: constructing the query per task costs more than running it.
-_RUN_COLUMNS = RUN_SNAPSHOT_COLUMNS
 _START_QUERY = (
     select(
         *_RUN_COLUMNS,

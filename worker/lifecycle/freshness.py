@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from models import OperationRun, RunOutcome, RunStatus
+from models import RunOutcome, RunStatus
 from worker.lifecycle.policy import LifecyclePolicy
 
 
@@ -74,27 +74,6 @@ class RunSnapshot:
     attempts: int = 0
     unstarted_attempts: int = 0
     context: Mapping[str, Any] = field(default_factory=dict)
-
-
-#: The columns of :class:`RunSnapshot`, in its field order up to ``unstarted_attempts``,
-#: for scans that build one.
-RUN_SNAPSHOT_COLUMNS = (
-    OperationRun.id,
-    OperationRun.type,
-    OperationRun.status,
-    OperationRun.outcome,
-    OperationRun.workspace_id,
-    OperationRun.tenant_id,
-    OperationRun.user_id,
-    OperationRun.created_at,
-    OperationRun.started_at,
-    OperationRun.last_heartbeat_at,
-    OperationRun.retry_due_at,
-    OperationRun.worker_id,
-    OperationRun.requeued_at,
-    OperationRun.attempts,
-    OperationRun.unstarted_attempts,
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from models import RunStatus
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.tenancy import gate_tenants, gate_users
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # Check name -> the reason a failed check blocks with, in the order they are reported:
 # the first failing check names the reason.

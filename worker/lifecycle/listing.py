@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from models import OperationRun, RunStatus
+import models
+from models import RunStatus
 from worker.lifecycle.evidence import iso_or_none as iso
 from worker.lifecycle.freshness import OperationRunFreshnessState
 from worker.lifecycle.policy import LifecyclePolicy
 from worker.lifecycle.terminal import reason_code_column, reason_code_of
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # Freshness only exists for some statuses; filtering on it narrows the SQL first.
 _STATUSES_OF: dict[OperationRunFreshnessState, tuple[str, ...]] = {
@@ -28,7 +31,7 @@ _CHUNK = 500
 
 
 def run_to_dict(
-    run: OperationRun, freshness: OperationRunFreshnessState, policy: LifecyclePolicy
+    run: models.OperationRun, freshness: OperationRunFreshnessState, policy: LifecyclePolicy
 ) -> dict[str, Any]:
     """A run as ``runwarden runs --json`` and ``explain --json`` print it; ``max_attempts``
     is its type's (None: not covered)."""
@@ -74,26 +77,26 @@ def list_runs(
     Freshness depends on the policy and the clock, so it is filtered here in Python,
     reading newest-first in chunks until ``limit`` runs match.
     """
-    statement = select(OperationRun).order_by(OperationRun.id.desc())
+    statement = select(models.OperationRun).order_by(models.OperationRun.id.desc())
     if before_id is not None:
-        statement = statement.where(OperationRun.id < before_id)
+        statement = statement.where(models.OperationRun.id < before_id)
     statuses: tuple[str, ...] | None = _STATUSES_OF[freshness] if freshness else None
     if status is not None:
         statuses = tuple(s for s in (statuses or (status,)) if s == status)
     if statuses is not None:
-        statement = statement.where(OperationRun.status.in_(statuses))
+        statement = statement.where(models.OperationRun.status.in_(statuses))
     if types:
-        statement = statement.where(OperationRun.type.in_(types))
+        statement = statement.where(models.OperationRun.type.in_(types))
     if tenant_ids:
-        statement = statement.where(OperationRun.tenant_id.in_(tenant_ids))
+        statement = statement.where(models.OperationRun.tenant_id.in_(tenant_ids))
     if workspace_ids:
-        statement = statement.where(OperationRun.workspace_id.in_(workspace_ids))
+        statement = statement.where(models.OperationRun.workspace_id.in_(workspace_ids))
     if outcome is not None:
-        statement = statement.where(OperationRun.outcome == outcome)
+        statement = statement.where(models.OperationRun.outcome == outcome)
     if reason is not None:
         # Only a completed run has a terminal reason.
         statement = statement.where(
-            OperationRun.status == RunStatus.COMPLETED.value, reason_code_column() == reason
+            models.OperationRun.status == RunStatus.COMPLETED.value, reason_code_column() == reason
         )
     if freshness is None:
         statement = statement.limit(limit)

@@ -14,17 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session
 
-from models import RunStatus, RunwardenWorker
-from models.operation_run import OperationRun
+import models
+from models import RunStatus
 from worker.lifecycle.clock import database_up_since
 from worker.lifecycle.evidence import iso, iso_or_none
 from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.policy import WorkerPolicy
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class WorkerState(StrEnum):
@@ -49,7 +51,9 @@ class WorkerSnapshot:
     database_up_since: datetime | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, row: RunwardenWorker, database_up_since: datetime | None = None) -> WorkerSnapshot:
+    def of(
+        cls, row: models.RunwardenWorker, database_up_since: datetime | None = None
+    ) -> WorkerSnapshot:
         return cls(
             row.id,
             row.nodename,
@@ -123,7 +127,7 @@ def worker_of(
     """The worker that started ``run``'s current attempt, if one is recorded."""
     if run.worker_id is None:
         return None
-    row = session.get(RunwardenWorker, run.worker_id)
+    row = session.get(models.RunwardenWorker, run.worker_id)
     return WorkerSnapshot.of(row, database_up_since) if row is not None else None
 
 
@@ -137,13 +141,13 @@ def count_alive(session: Session, policy: WorkerPolicy, now: datetime) -> int:
     if up_since is not None and up_since >= cutoff:
         # Restarted within lost_after_seconds: no registered worker has been silent
         # that long while the database could hear it.
-        heard = RunwardenWorker.last_heartbeat_at.is_not(None)
+        heard = models.RunwardenWorker.last_heartbeat_at.is_not(None)
     else:
-        heard = RunwardenWorker.last_heartbeat_at >= cutoff
+        heard = models.RunwardenWorker.last_heartbeat_at >= cutoff
     count = session.scalar(
         select(func.count())
-        .select_from(RunwardenWorker)
-        .where(RunwardenWorker.stopped_at.is_(None))
+        .select_from(models.RunwardenWorker)
+        .where(models.RunwardenWorker.stopped_at.is_(None))
         .where(heard)
     )
     return int(count or 0)
@@ -152,16 +156,16 @@ def count_alive(session: Session, policy: WorkerPolicy, now: datetime) -> int:
 def list_workers(session: Session, *, limit: int = 50) -> list[tuple[WorkerSnapshot, int]]:
     """The newest ``limit`` registered workers, with how many running runs each holds."""
     running = (
-        select(OperationRun.worker_id, func.count().label("running"))
-        .where(OperationRun.status == RunStatus.RUNNING.value)
-        .where(OperationRun.worker_id.is_not(None))
-        .group_by(OperationRun.worker_id)
+        select(models.OperationRun.worker_id, func.count().label("running"))
+        .where(models.OperationRun.status == RunStatus.RUNNING.value)
+        .where(models.OperationRun.worker_id.is_not(None))
+        .group_by(models.OperationRun.worker_id)
         .subquery()
     )
     rows = session.execute(
-        select(RunwardenWorker, func.coalesce(running.c.running, 0))
-        .outerjoin(running, running.c.worker_id == RunwardenWorker.id)
-        .order_by(RunwardenWorker.id.desc())
+        select(models.RunwardenWorker, func.coalesce(running.c.running, 0))
+        .outerjoin(running, running.c.worker_id == models.RunwardenWorker.id)
+        .order_by(models.RunwardenWorker.id.desc())
         .limit(limit)
     ).all()
     up_since = database_up_since(session)

@@ -33,11 +33,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
 from models import RunStatus
 from worker.db import is_sqlite, write_session
@@ -46,6 +45,9 @@ from worker.lifecycle.freshness import RunLike
 from worker.lifecycle.policy import MAX_BATCH_LIMIT, LifecyclePolicy
 from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.sql import statement
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 

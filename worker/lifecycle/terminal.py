@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, String, func, select
-from sqlalchemy.orm import Session
 
-from models import AuditLog, OperationRun
+import models
 from worker.lifecycle.evidence import iso_or_none, scrub
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 #: The context keys a terminal record is written under, by whom.
 TERMINAL_RECORD_KEYS: tuple[str, ...] = ("reconciliation", "bridge", "legitimacy", "dispatch")
@@ -81,7 +83,7 @@ def scrubbed(value: Any) -> Any:
     return value
 
 
-def terminal_record(run: OperationRun) -> TerminalRecord | None:
+def terminal_record(run: models.OperationRun) -> TerminalRecord | None:
     """The record that ended ``run``, or None (not completed, or completed by its task)."""
     if not run.is_terminal:
         return None
@@ -101,7 +103,7 @@ def terminal_record(run: OperationRun) -> TerminalRecord | None:
     return None
 
 
-def reason_code_of(run: OperationRun) -> str | None:
+def reason_code_of(run: models.OperationRun) -> str | None:
     record = terminal_record(run)
     return record.reason_code if record else None
 
@@ -111,12 +113,15 @@ def reason_code_column() -> ColumnElement[str]:
     completed run has at most one such record; a running run's ``bridge`` may hold only
     ``last_retry``, without a reason)."""
     return func.coalesce(
-        *(OperationRun.context[key]["reason_code"].as_string() for key in TERMINAL_RECORD_KEYS),
+        *(
+            models.OperationRun.context[key]["reason_code"].as_string()
+            for key in TERMINAL_RECORD_KEYS
+        ),
         type_=String,
     )
 
 
-def audit_to_dict(row: AuditLog) -> dict[str, Any]:
+def audit_to_dict(row: models.AuditLog) -> dict[str, Any]:
     """An audit row as ``explain --json``, ``/api/audit`` and the console show it."""
     metadata = row.metadata_ or {}
     return {
@@ -137,8 +142,11 @@ def audit_to_dict(row: AuditLog) -> dict[str, Any]:
 def audit_rows(session: Session, run_id: int) -> list[dict[str, Any]]:
     """A run's audit rows, oldest first (served by ``ix_audit_logs_resource``)."""
     rows = session.scalars(
-        select(AuditLog)
-        .where(AuditLog.resource_type == "operation_run", AuditLog.resource_id == str(run_id))
-        .order_by(AuditLog.id)
+        select(models.AuditLog)
+        .where(
+            models.AuditLog.resource_type == "operation_run",
+            models.AuditLog.resource_id == str(run_id),
+        )
+        .order_by(models.AuditLog.id)
     )
     return [audit_to_dict(row) for row in rows]

@@ -19,14 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from models import RunOutcome, RunStatus
 from worker.lifecycle.evidence import dumps
 from worker.lifecycle.reasons import ReasonCode, default_message
 from worker.lifecycle.sql import statement
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 __all__ = [
     "TASK_OUTCOMES",

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
-from models import OperationRun, RunStatus
+import models
+from models import RunStatus
 from worker.lifecycle.evidence import iso_or_none as _iso
 from worker.lifecycle.freshness import (
     OperationRunFreshnessState,
@@ -26,6 +25,9 @@ from worker.lifecycle.reasons import ReasonCode
 from worker.lifecycle.reconciler.assessment import Assessment, assess, stale_reason
 from worker.lifecycle.recovery import RECOVERABLE_REASONS, Action, current_attempt
 from worker.lifecycle.terminal import TerminalRecord, audit_rows, terminal_record
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class RunExplanation:
 
 def explain(
     session: Session,
-    run: OperationRun,
+    run: models.OperationRun,
     *,
     policy: LifecyclePolicy,
     gate: QueuedExecutionLegitimacyGate,

@@ -16,10 +16,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
 from models import RunStatus
 from models.types import sqlite_timestamp
@@ -35,6 +34,9 @@ from worker.lifecycle.reconciler.results import ReconcileChange, ReconcileResult
 from worker.lifecycle.recovery import REQUEUE_AUDIT_ACTION, Action, Requeue, apply_requeues
 from worker.lifecycle.sql import statement
 from worker.lifecycle.transitions import apply_terminal_transitions, forced_failure
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 

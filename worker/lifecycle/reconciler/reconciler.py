@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
-from models import OperationRun, RunStatus
+import models
+from models import RunStatus
 from worker.db import is_sqlite, read_session, write_session
 from worker.errors import InvalidOptionsError
 from worker.lifecycle.clock import database_now, database_up_since
@@ -53,6 +53,9 @@ from worker.lifecycle.recovery import (
     publish_pending,
 )
 from worker.lifecycle.transitions import end_run, forced_failure
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 Options = ReconcileOptions | Mapping[str, Any] | None
 
@@ -172,7 +175,7 @@ class OperationLifecycleReconciler:
         )
         policy, gate = self._policy, self._gate
         if not is_sqlite(target):
-            if isinstance(target, Session):
+            if not isinstance(target, Engine):
                 # The caller's transaction: its requeues are published by a later call.
                 yield lambda: statement_pass(target, policy, plan, self._pinned())
                 return
@@ -184,7 +187,7 @@ class OperationLifecycleReconciler:
                     options,
                 )
             return
-        if isinstance(target, Session):
+        if not isinstance(target, Engine):
             yield lambda: python_pass(target, policy, gate, plan, self._clock(target))
             return
         # A dry run writes nothing, so it takes no write lock (no BEGIN IMMEDIATE).
@@ -279,7 +282,7 @@ class OperationLifecycleReconciler:
         worker = worker_of(session, run, database_up_since=self._up_since(session))
         return assess(run, self._policy, now, legitimacy, worker)
 
-    def explain(self, session: Session, run: OperationRun) -> RunExplanation:
+    def explain(self, session: Session, run: models.OperationRun) -> RunExplanation:
         """The assessment of one run with a sentence saying why it would (not) be failed."""
         return explain(
             session,
