@@ -29,7 +29,18 @@ from benchmarks import (
     bench_latency,
     bench_liveness,
 )
-from benchmarks.common import REPO, WORK, Result, Scale, Servers, log, machine, servers, versions
+from benchmarks.common import (
+    REPO,
+    WORK,
+    Result,
+    Scale,
+    Servers,
+    compile_project,
+    log,
+    machine,
+    servers,
+    versions,
+)
 
 NAMES = ("idle", "drain", "bridge", "latency", "liveness", "console")
 GOAL_RSS_MB = 150.0
@@ -49,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = Scale.for_mode(args.quick)
     selected = args.only or list(NAMES)
     WORK.mkdir(parents=True, exist_ok=True)
+    # Every runwarden process below starts as an installed one does: from bytecode.
+    compile_project()
 
     started = time.monotonic()
     results: list[Result] = []
