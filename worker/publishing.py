@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: Every operation task's name is this prefix and its run type.
 OPERATION_TASK_PREFIX = "operations."
 #: Operation messages' priority on the Redis broker (a lower number is served first): below
-#: the beat tick's (worker.celery_app.TICK_PRIORITY), so a backlog of operations never
+#: the beat tick's (worker.celery_config.TICK_PRIORITY), so a backlog of operations never
 #: keeps the reconciler waiting for more than one free pool slot.
 OPERATION_PRIORITY = 3
 #: Messages written in one round trip: a claim (at most the largest pass, 500) in one.
