@@ -115,11 +115,11 @@ def _reconciler(*, publishing: bool = False) -> OperationLifecycleReconciler:
     policy = load_policy()
     if not publishing:
         return OperationLifecycleReconciler(policy)
-    from worker.publishing import publish_requeued
+    from worker.publishing import command_publisher
 
     # A requeued run's message goes out through the configured broker (Celery is imported
     # on the first publication only: a pass that requeues nothing never loads it).
-    return OperationLifecycleReconciler(policy, publisher=publish_requeued)
+    return OperationLifecycleReconciler(policy, publisher=command_publisher(policy))
 
 
 def _print_json(value: Any) -> None:

@@ -98,6 +98,49 @@ def test_publish__a_claim_goes_out_as_celery_messages_routed_by_type(
     assert _messages(broker, "victims") == _expected(routed)
 
 
+def _envelopes(broker: RedisServer, queue: str) -> list[dict[str, Any]]:
+    found = []
+    for raw in _raw(broker, queue):
+        envelope = json.loads(raw)
+        envelope["properties"].pop("delivery_tag")  # a fresh uuid per message
+        found.append(envelope)
+    return found
+
+
+def test_publish__each_message_is_the_one_send_task_writes_at_the_operations_priority(
+    app: Celery, broker: RedisServer
+) -> None:
+    # A type whose operation is registered here with options of its own, as in a worker.
+    @app.task(name="operations.test.declared", time_limit=30, soft_time_limit=20, shared=False)
+    def declared(**_: Any) -> None:  # pragma: no cover - never run
+        pass
+
+    app.conf.task_routes = {
+        **app.conf.task_routes,
+        "operations.test.declared": {"queue": "declared"},
+    }
+
+    claim = [*_publications(2), *_publications(2, ROUTED), *_publications(2, "test.declared")]
+    assert publish_requeued(claim, app=app) == []
+    ours = {q: _envelopes(broker, q) for q in ("celery", "victims", "declared")}
+    redis.Redis.from_url(f"{broker.url}/0").flushdb()
+
+    for p in claim:
+        app.send_task(
+            f"operations.{p.type}",
+            kwargs={"operation_run_id": p.run_id},
+            task_id=p.celery_task_id,
+            retries=p.retries,
+            ignore_result=True,
+            priority=OPERATION_PRIORITY,
+        )
+    theirs = {q: _envelopes(broker, q) for q in ("celery", "victims", "declared")}
+
+    assert [len(ours[q]) for q in ours] == [2, 2, 2]
+    assert ours == theirs
+    assert ours["declared"][0]["headers"]["timelimit"] == [30, 20]
+
+
 def test_publish__broker_refusing_part_way__returns_exactly_the_messages_it_did_not_take(
     app: Celery, broker: RedisServer
 ) -> None:

@@ -5,6 +5,7 @@ compare-and-set while the old delivery loses every write."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -243,6 +244,49 @@ def test_outbox__a_claim_the_broker_took_in_part__gives_back_exactly_the_rest(
         engine
     ) == PublishResult(published=2, failed=0)
     assert sent == run_ids[2:]
+
+
+def test_outbox__a_drain_publishes_each_pass_beside_the_next_and_waits_for_the_last(
+    engine: Engine,
+) -> None:
+    run_ids = sorted(_requeued_run(engine)[0] for _ in range(4))
+    second_pass_done = threading.Event()
+    claims: list[tuple[list[int], str, bool]] = []
+
+    def broker(publications: Sequence[Publication]) -> list[PublishFailure]:
+        ids = [p.run_id for p in publications]
+        if ids == run_ids[2:]:
+            # The second pass's claim: the broker is gone.
+            error = ConnectionError("Connection refused")
+            claims.append((ids, threading.current_thread().name, True))
+            return [PublishFailure(p, error) for p in publications]
+        # The first pass's claim goes out while the second pass runs: it can wait for it.
+        claims.append((ids, threading.current_thread().name, second_pass_done.wait(10)))
+        return []
+
+    def on_pass(passes: int, reconciled: int) -> None:
+        if passes == 2:
+            second_pass_done.set()
+
+    reconciler = OperationLifecycleReconciler(POLICY, publisher=broker)
+    result = reconciler.drain(engine, {"limit": 2}, on_pass=on_pass)
+
+    assert (result.passes, result.requeued) == (3, 4)
+    # Both claims were handed over in pass order, off the passes' thread, and the first
+    # was still being published when the second pass committed.
+    assert [(ids, waited) for ids, _, waited in claims] == [
+        (run_ids[:2], True),
+        (run_ids[2:], True),
+    ]
+    assert all(thread != threading.current_thread().name for _, thread, _ in claims)
+    # The drain returned once the last claim was settled: what it could not send is back
+    # in the outbox.
+    with read_session(engine) as session:
+        pending = {
+            run.id: run.publish_pending
+            for run in session.scalars(select(OperationRun).where(OperationRun.id.in_(run_ids)))
+        }
+    assert pending == dict.fromkeys(run_ids[:2], False) | dict.fromkeys(run_ids[2:], True)
 
 
 def test_start__the_requeued_message_starts_the_next_attempt_and_the_old_delivery_loses(

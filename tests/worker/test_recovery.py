@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from tests.acceptance.cli import run_cli
 from tests.factories import make_run, seed_tenancy
 from tests.servers import RedisServer
 from tests.worker.conftest import (
@@ -213,6 +214,34 @@ def test_recovery__broker_down_at_the_requeue__a_later_pass_publishes_it_once(
     run = victim.wait_terminal(run_id, timeout=30)
     assert (run.outcome, run.attempts) == ("succeeded", 1)
     assert run.publish_pending is False
+    assert _events(victim, run_id) == [("start", 1), ("end", 1)]
+
+
+def test_recovery__a_command_drain_publishes_the_requeue__a_worker_runs_it_once(
+    cluster: Spawn, worker_policy_file: Path
+) -> None:
+    # `runwarden reconcile` knows no routes but the configured ones: the default queue.
+    victim = cluster("victim", queues="celery")
+    run_id = _unpublished_run(victim)
+    wait_for(lambda: victim.run(run_id), what="the row")
+    time.sleep(QUEUED_WINDOW_S + 0.5)
+
+    result = run_cli(
+        "reconcile",
+        "--drain",
+        "--json",
+        env={
+            "RUNWARDEN_DATABASE_URL": victim.db_url,
+            "RUNWARDEN_BROKER_URL": victim.broker_url,
+            "RUNWARDEN_POLICY_FILE": str(worker_policy_file),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    [change] = json.loads(result.stdout)["changes"]
+    assert (change["operation_run_id"], change["action"]) == (run_id, "requeue")
+
+    run = victim.wait_terminal(run_id, timeout=30)
+    assert (run.outcome, run.attempts, run.publish_pending) == ("succeeded", 1, False)
     assert _events(victim, run_id) == [("start", 1), ("end", 1)]
 
 

@@ -22,7 +22,9 @@ never published twice for one requeue. Each publication the publisher could not 
 (broker down, before or part way through the claim) is given back, so a later call
 publishes it; a process that dies between its claim and its publish leaves the run
 queued with no message -- which is what the queued window catches: the run is requeued
-(a try) or failed as ``run.stale_queued``.
+(a try) or failed as ``run.stale_queued``. Within a reconciler call the publisher runs
+beside the passes, on a thread of the call's :class:`Outbox`: a pass's messages go out
+while the next pass runs in the database.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -195,10 +198,73 @@ def publish_pending(
     claimed = _claim(engine, limit)
     if not claimed:
         return PublishResult()
+    failures = _send(publisher, claimed)
+    _give_back(engine, failures)
+    return PublishResult(len(claimed) - len(failures), len(failures))
+
+
+class Outbox:
+    """The outbox of one reconciler call, published beside its passes.
+
+    Each claim is made on the caller's connection (``target``, so it commits before any
+    of its messages exists) and handed to ``publisher`` on a thread of the outbox's own,
+    in claim order: the messages of one pass go out while the next pass runs in the
+    database. What the publisher could not send is given back on the caller's connection
+    -- with the next claim, or at :meth:`close` for the rest -- for a later call to
+    publish. :meth:`close` waits for every claim handed over; the thread is started by
+    the first claim that has something in it (a call that requeues nothing starts none,
+    and loads no broker client).
+    """
+
+    def __init__(
+        self, target: Engine | Connection, publisher: Publisher, *, limit: int = MAX_BATCH_LIMIT
+    ) -> None:
+        self._target = target
+        self._publisher = publisher
+        self._limit = limit
+        self._thread: ThreadPoolExecutor | None = None
+        self._handed_over: list[Future[list[PublishFailure]]] = []
+        self._claimed = 0
+        self._failed = 0
+
+    def publish(self) -> None:
+        """Claim what waits for its message and hand it to the publisher; first give back
+        what the claims already sent could not send."""
+        self._settle(wait=False)
+        claimed = _claim(self._target, self._limit)
+        if not claimed:
+            return
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runwarden-outbox")
+        self._claimed += len(claimed)
+        self._handed_over.append(self._thread.submit(_send, self._publisher, claimed))
+
+    def close(self) -> PublishResult:
+        """Wait for every claim handed over and give back what it could not send."""
+        try:
+            self._settle(wait=True)
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
+                self._thread = None
+        return PublishResult(self._claimed - self._failed, self._failed)
+
+    def _settle(self, *, wait: bool) -> None:
+        settled = [sent for sent in self._handed_over if wait or sent.done()]
+        failures = [failure for sent in settled for failure in sent.result()]
+        self._handed_over = [sent for sent in self._handed_over if sent not in settled]
+        self._failed += len(failures)
+        _give_back(self._target, failures)
+
+
+def _send(publisher: Publisher, claimed: Sequence[Publication]) -> list[PublishFailure]:
     try:
-        failures = list(publisher(claimed))
+        return list(publisher(claimed))
     except Exception as exc:  # a broker client raises many types; all mean "not sent"
-        failures = [PublishFailure(publication, exc) for publication in claimed]
+        return [PublishFailure(publication, exc) for publication in claimed]
+
+
+def _give_back(target: Engine | Connection, failures: Sequence[PublishFailure]) -> None:
     for failure in failures:
         publication = failure.publication
         logger.warning(
@@ -211,8 +277,7 @@ def publish_pending(
             },
         )
     if failures:
-        _release(engine, [failure.publication for failure in failures])
-    return PublishResult(len(claimed) - len(failures), len(failures))
+        _release(target, [failure.publication for failure in failures])
 
 
 def _describe(error: BaseException) -> str:

@@ -14,8 +14,10 @@ Which pass runs is decided once per call, in :meth:`OperationLifecycleReconciler
 
 Recovery: a pass may requeue runs (``recovery = "retry"``) instead of failing them. Given
 a publisher (the task layer's; this package never imports Celery) and an engine, the
-reconciler publishes their messages after each pass that requeued and, first thing in
-every call, any requeue still waiting for its message (:mod:`worker.lifecycle.recovery`).
+reconciler publishes their messages once each pass that requeued has committed -- beside
+the next pass, on the call's outbox thread -- and, first thing in every call, any requeue
+still waiting for its message (:mod:`worker.lifecycle.recovery`). A call returns when
+every message is published or given back to the outbox.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from worker.lifecycle.reconciler.passes import PassPlan, python_pass, statement_
 from worker.lifecycle.reconciler.results import DrainResult, ReconcileChange, ReconcileResult
 from worker.lifecycle.recovery import (
     Action,
+    Outbox,
     Publisher,
     PublishResult,
     Requeue,
@@ -180,12 +183,15 @@ class OperationLifecycleReconciler:
                 yield lambda: statement_pass(target, policy, plan, self._pinned())
                 return
             connection = target.connect().execution_options(isolation_level="AUTOCOMMIT")
-            with connection:
-                yield self._publishing(
+            with (
+                connection,
+                self._publishing(
                     lambda: statement_pass(connection, policy, plan, self._pinned()),
                     connection,
                     options,
-                )
+                ) as run_pass,
+            ):
+                yield run_pass
             return
         if not isinstance(target, Engine):
             yield lambda: python_pass(target, policy, gate, plan, self._clock(target))
@@ -197,29 +203,38 @@ class OperationLifecycleReconciler:
             with open_session(target) as session:
                 return python_pass(session, policy, gate, plan, self._clock(session))
 
-        yield self._publishing(one_transaction, target, options)
+        with self._publishing(one_transaction, target, options) as run_pass:
+            yield run_pass
 
+    @contextlib.contextmanager
     def _publishing(
         self,
         run_pass: Callable[[], ReconcileResult],
         target: Engine | Connection,
         options: ReconcileOptions,
-    ) -> Callable[[], ReconcileResult]:
-        """``run_pass``, publishing after each pass (committed by then) the requeues it
-        made; and, before the call's first pass, any requeue still waiting for its
-        message (a broker that was down, a process that stopped before publishing)."""
+    ) -> Iterator[Callable[[], ReconcileResult]]:
+        """``run_pass``, with the call's outbox: the requeues each pass made (committed by
+        then) are published beside the next pass, and before the call's first pass any
+        requeue still waiting for its message (a broker that was down, a process that
+        stopped before publishing). Leaving waits until every claim is published or
+        given back."""
         publisher = self._publisher
         if publisher is None or options.dry_run:
-            return run_pass
-        publish_pending(target, publisher)
+            yield run_pass
+            return
+        outbox = Outbox(target, publisher)
+        try:
+            outbox.publish()
 
-        def run() -> ReconcileResult:
-            result = run_pass()
-            if result.requeued:
-                publish_pending(target, publisher)
-            return result
+            def run() -> ReconcileResult:
+                result = run_pass()
+                if result.requeued:
+                    outbox.publish()
+                return result
 
-        return run
+            yield run
+        finally:
+            outbox.close()
 
     def publish_pending(self, target: Engine) -> PublishResult:
         """Publish every requeued run still waiting for its message (needs a publisher)."""
