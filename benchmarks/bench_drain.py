@@ -43,7 +43,10 @@ from benchmarks.data import (
     rows_checksum,
     write_policy,
 )
-from benchmarks.floor_drain import QUEUE, policy_sha256
+from benchmarks.floor_drain import PRIORITY, PRIORITY_LIST, QUEUE, policy_sha256
+
+#: The default queue's Redis lists, one per kombu priority step.
+QUEUE_LISTS = (QUEUE, *(f"{QUEUE}\x06\x16{step}" for step in (3, 6, 9)))
 
 TEMPLATE = "bench_drain_template"
 COPY = "bench_drain_copy"
@@ -235,13 +238,21 @@ def verify(srv: Servers, database: str, output: Path, want: Expected) -> list[st
 
 
 def _verify_messages(srv: Servers, task_ids: dict[str, int]) -> list[str]:
-    """Every requeued run's Celery message, once, on the default queue's Redis list."""
-    messages = _broker(srv).lrange(QUEUE, 0, -1)
-    found: Counter[tuple[str, str, int]] = Counter()
+    """Every requeued run's Celery message, once, on the default queue at the operations'
+    priority (kombu's Redis list for it), and nothing else on the queue's lists."""
+    broker = _broker(srv)
+    messages = [raw for key in QUEUE_LISTS for raw in broker.lrange(key, 0, -1)]
+    found: Counter[tuple[str, str, int, int]] = Counter()
     for raw in messages:
-        headers = json.loads(raw).get("headers", {})
-        found[(str(headers.get("id")), str(headers.get("task")), headers.get("retries"))] += 1
-    wanted = Counter((task_id, f"operations.{RETRY_TYPE}", 1) for task_id in task_ids)
+        envelope = json.loads(raw)
+        headers = envelope.get("headers", {})
+        priority = envelope.get("properties", {}).get("priority")
+        found[
+            (str(headers.get("id")), str(headers.get("task")), headers.get("retries"), priority)
+        ] += 1
+    wanted = Counter((task_id, f"operations.{RETRY_TYPE}", 1, PRIORITY) for task_id in task_ids)
+    if broker.llen(PRIORITY_LIST) != len(messages):
+        return [f"broker: {len(messages)} messages, not all on {PRIORITY_LIST!r}"]
     if found != wanted:
         return [
             f"broker: {len(messages)} messages, {sum((found & wanted).values())} of the "

@@ -36,7 +36,9 @@ benchmark's ratio measures runwarden's own overhead (start-up, Python per row):
   and after every pass that requeued, then each claimed queued run's Celery message
   (protocol 2, the JSON envelope ``send_task`` writes, ``retries`` = attempts) pushed onto
   the default queue's Redis list at ``RUNWARDEN_BROKER_URL`` -- one LPUSH per message, the
-  claim's messages sent in one pipelined round trip, kombu's queue bindings added once.
+  claim's messages sent in one pipelined round trip, kombu's queue bindings added once;
+  at the operations' priority (3), so onto the list kombu keeps for it
+  (``celery\x06\x163``: one list per priority step), as runwarden's messages are.
   It does not give a claim back when a push fails (runwarden's ``release_publications``):
   the benchmark's broker is up, and a failed push ends the floor with a traceback.
 
@@ -366,7 +368,7 @@ def celery_message(run_id: int, type_name: str, task_id: str, retries: int) -> b
             "reply_to": REPLY_TO,
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": QUEUE},
-            "priority": 0,
+            "priority": PRIORITY,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
         },
@@ -375,6 +377,10 @@ def celery_message(run_id: int, type_name: str, task_id: str, retries: int) -> b
 
 
 QUEUE = "celery"
+#: runwarden's operation messages' priority (worker.publishing.OPERATION_PRIORITY) and the
+#: Redis list kombu puts a message of that priority on.
+PRIORITY = 3
+PRIORITY_LIST = f"{QUEUE}\x06\x16{PRIORITY}"
 ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 REPLY_TO = str(uuid.uuid4())
 
@@ -397,7 +403,7 @@ def publish(conn: psycopg.Connection[tuple[object, ...]], broker: redis.Redis) -
             DECLARED.append(QUEUE)
         pipe = broker.pipeline(transaction=False)
         for message in messages:
-            pipe.lpush(QUEUE, message)
+            pipe.lpush(PRIORITY_LIST, message)
         pipe.execute()
     return len(messages)
 
