@@ -121,7 +121,10 @@ def run_chaos(*, runs: int, seed: int, keep: bool = False, rate: float | None = 
             report = _check(running, harness, events, secret)
         seconds["total"] = round(time.monotonic() - started, 1)
     finally:
-        logging.getLogger().handlers.clear()
+        root = logging.getLogger()
+        for handler in root.handlers:
+            handler.close()
+        root.handlers.clear()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return Outcome(plan, report, seconds, workdir if keep else None)
